@@ -1,0 +1,73 @@
+"""durabook's IPython extension: ``%load_ext durabook.kernel``.
+
+Loaded into every run kernel (``--ext=durabook_kernel``) where the runner's
+driver executes the cells (see :mod:`durabook_kernel.driver`). Loaded by hand in
+an interactive notebook, it checkpoints every cell you run to the engine of
+``$DURABOOK_HOME`` (see :mod:`durabook_kernel.interactive`).
+
+Kept free of durabook's heavy imports (DuckDB, pydantic): a kernel pays only for
+what it uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .driver import STEP_MSG, drive
+from .state import StateTracker
+
+__all__ = [
+    "STEP_MSG",
+    "Extension",
+    "drive",
+    "extension_for",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+
+class Extension:
+    """Per-shell state: the tracker, and whether a batch driver is running."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.tracker = StateTracker(shell.user_ns, set(getattr(shell, "user_ns_hidden", ())))
+        self.batch = False
+        self.interactive: Any = None
+
+    def post_run_cell(self, result: Any) -> None:
+        if self.batch:
+            return  # the driver checkpoints batch cells itself
+        if self.interactive is None:
+            from .interactive import InteractiveSession
+
+            self.interactive = InteractiveSession(self)
+        self.interactive.post_run_cell(result)
+
+    def pre_run_cell(self, info: Any) -> None:
+        if not self.batch and self.interactive is not None:
+            self.interactive.pre_run_cell(info)
+
+
+def extension_for(shell: Any) -> Extension:
+    ext = getattr(shell, "_durabook_extension", None)
+    if ext is None:
+        ext = Extension(shell)
+        shell._durabook_extension = ext
+    return ext
+
+
+def load_ipython_extension(ip: Any) -> None:
+    ext = extension_for(ip)
+    if not getattr(ext, "_hooked", False):
+        ip.events.register("pre_run_cell", ext.pre_run_cell)
+        ip.events.register("post_run_cell", ext.post_run_cell)
+        ext._hooked = True  # type: ignore[attr-defined]
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    ext = getattr(ip, "_durabook_extension", None)
+    if ext is not None and getattr(ext, "_hooked", False):
+        ip.events.unregister("pre_run_cell", ext.pre_run_cell)
+        ip.events.unregister("post_run_cell", ext.post_run_cell)
+        ext._hooked = False

@@ -1,0 +1,57 @@
+"""durabook: durable notebooks. A notebook is a workflow; every code cell is a step.
+
+Imports are lazy so that ``%load_ext durabook.kernel`` costs a kernel nothing
+beyond the extension itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CellState",
+    "CellStatus",
+    "Client",
+    "DurabookError",
+    "ErrorInfo",
+    "InstanceStatus",
+    "InstanceSummary",
+    "RunResult",
+    "Status",
+    "__version__",
+]
+
+_LAZY = {
+    "Client": "durabook.client",
+    "DurabookError": "durabook.errors",
+    "CellState": "durabook.models",
+    "CellStatus": "durabook.models",
+    "ErrorInfo": "durabook.models",
+    "InstanceStatus": "durabook.models",
+    "InstanceSummary": "durabook.models",
+    "RunResult": "durabook.models",
+    "Status": "durabook.models",
+}
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .errors import DurabookError
+    from .models import (
+        CellState,
+        CellStatus,
+        ErrorInfo,
+        InstanceStatus,
+        InstanceSummary,
+        RunResult,
+        Status,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'durabook' has no attribute {name!r}")

@@ -1,0 +1,467 @@
+"""The engine: the one process that writes a home's store, and runs instances.
+
+Create is cheap (validate, store the version by hash, insert ``queued``);
+execute takes a kernel, restores the last committed state, runs the remaining
+cells and commits each finished cell through the group-commit writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+from .blobs import BlobStore
+from .checkpoints import committed_prefix, restore_plan
+from .errors import BadInput, InvalidState, UnknownInstance, UnrestorableState
+from .models import (
+    CellStatus,
+    ErrorInfo,
+    InstanceStatus,
+    InstanceSummary,
+    RunResult,
+    Status,
+    StepRecord,
+    UnserializableVar,
+    VarRef,
+)
+from .notebook import (
+    coerce_parameters,
+    inject_parameters,
+    load_notebook,
+    parse_notebook,
+    source_hash,
+    strip_injected,
+    version_hash,
+)
+from .output import build_output, write_notebook
+from .pool import KernelPool
+from .runner import CellPlan, CellResult, Runner
+from .store import Store
+from .writer import Writer
+
+__all__ = ["Engine", "Progress", "resolve_home"]
+
+OUTPUTS_INLINE_LIMIT = 64 * 1024
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class Progress:
+    """Told about a run as it goes; the CLI draws a bar with it."""
+
+    def start(self, instance_id: str, total: int, done: int) -> None: ...
+    def executed(self, result: CellResult) -> None:
+        """A cell finished (called on the runner's thread, before its commit)."""
+
+    def committed(self, index: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    return Path(home or os.environ.get("DURABOOK_HOME") or ".durabook").absolute()
+
+
+def _proc_start(pid: int) -> int | None:
+    """Start time of a process in clock ticks: tells a live owner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat.rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def check_instance_id(instance_id: str) -> str:
+    if not instance_id or len(instance_id) > 64 or not set(instance_id) <= _ID_CHARS:
+        raise BadInput(
+            f"invalid instance id {instance_id!r}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        )
+    return instance_id
+
+
+class Engine:
+    def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
+        self.home = resolve_home(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.home / "durabook.duckdb")
+        self.writer = Writer(self.store)
+        self.blobs = BlobStore(self.home / "blobs")
+        self.pool = KernelPool(pool_size, log_dir=self.home / "logs")
+        self._me = (os.getpid(), _proc_start(os.getpid()), socket.gethostname())
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+        self.recover_orphans()
+
+    def close(self) -> None:
+        self.pool.close()
+        self.writer.close()
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- create -------------------------------------------------------------------
+    def create(
+        self,
+        notebook: str | os.PathLike[str] | NotebookNode,
+        parameters: dict[str, Any] | None = None,
+        instance_id: str | None = None,
+        output: str | os.PathLike[str] | None = None,
+        from_text: bool = False,
+        if_exists: str = "return",
+        source_path: str | None = None,
+        cwd: str | None = None,
+    ) -> tuple[str, bool]:
+        """Validate and insert a ``queued`` instance. Returns (id, created).
+
+        ``notebook`` may be a path or a notebook already in memory (papermill's
+        engine passes one with its parameters injected: they are kept as they are).
+        """
+        if isinstance(notebook, NotebookNode):
+            nb = parse_notebook(nbformat.writes(notebook), source_path or "<notebook>")
+            path = Path(source_path or "notebook.ipynb").absolute()
+        else:
+            nb = strip_injected(load_notebook(notebook))
+            path = Path(notebook).absolute()
+        params = coerce_parameters(nb, parameters or {}, from_text=from_text)
+        if instance_id is not None:
+            check_instance_id(instance_id)
+            if self.store.instance_row(instance_id) is not None:
+                if if_exists == "error":
+                    raise BadInput(f"instance {instance_id} already exists", instance=instance_id)
+                return instance_id, False
+        iid = instance_id or _new_id()
+        vhash = self._put_version(nb, path)
+        out = (
+            str(Path(output).absolute()) if output else str(self.home / "outputs" / f"{iid}.ipynb")
+        )
+        row = {
+            "id": iid,
+            "notebook": str(path),
+            "version": vhash,
+            "status": Status.QUEUED.value,
+            "parameters": params,
+            "output": out,
+            "cwd": cwd or str(path.parent),
+        }
+        self.writer.call(lambda c: Store.insert_instance(c, row))
+        return iid, True
+
+    def _put_version(self, nb: NotebookNode, path: str | os.PathLike[str]) -> str:
+        vhash = version_hash(nb)
+        clean = nbformat.from_dict(json.loads(json.dumps(nb)))
+        for cell in clean.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        blob = self.blobs.put(nbformat.writes(clean).encode())
+        self.writer.call(lambda c: Store.insert_version(c, vhash, str(path), blob))
+        return vhash
+
+    def load_version(self, vhash: str) -> NotebookNode:
+        return nbformat.reads(self.blobs.get(self.store.version_blob(vhash)).decode(), as_version=4)
+
+    def _instance(self, instance_id: str) -> dict[str, Any]:
+        row = self.store.instance_row(instance_id)
+        if row is None:
+            raise UnknownInstance(f"unknown instance {instance_id!r}", instance=instance_id)
+        return row
+
+    def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
+        return inject_parameters(self.load_version(inst["version"]), inst["parameters"])
+
+    # -- run / resume ------------------------------------------------------------
+    def run(
+        self,
+        notebook: str | os.PathLike[str],
+        parameters: dict[str, Any] | None = None,
+        instance_id: str | None = None,
+        output: str | os.PathLike[str] | None = None,
+        from_text: bool = False,
+        progress: Progress | None = None,
+        on_created: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        iid, created = self.create(notebook, parameters, instance_id, output, from_text)
+        if on_created:
+            on_created(iid)
+        inst = self._instance(iid)
+        if not created and Status(inst["status"]) != Status.QUEUED:
+            return self._result(inst)
+        return self.execute(iid, progress)
+
+    def resume(
+        self,
+        instance_id: str,
+        notebook: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ) -> RunResult:
+        inst = self._instance(instance_id)
+        status = Status(inst["status"])
+        if status.final:
+            raise InvalidState(
+                f"instance {instance_id} is {status.value}; nothing to resume",
+                instance=instance_id,
+                status=status.value,
+            )
+        if status == Status.RUNNING:
+            raise InvalidState(
+                f"instance {instance_id} is running (pid {inst['owner_pid']}); wait for it or "
+                "stop that process first",
+                instance=instance_id,
+                status=status.value,
+            )
+        if notebook is not None:
+            self._switch_version(inst, notebook)
+        return self.execute(instance_id, progress)
+
+    def _switch_version(self, inst: dict[str, Any], notebook: str | os.PathLike[str]) -> None:
+        """Resume with an edited notebook: keep checkpoints up to the first changed cell."""
+        new = strip_injected(load_notebook(notebook))
+        old_exec = self.executed_notebook(inst)
+        new_exec = inject_parameters(new, inst["parameters"])
+        latest, _ = self.store.latest_steps(inst["id"])
+        old_code = [(i, c) for i, c in enumerate(old_exec.cells) if c.cell_type == "code"]
+        new_code = [(i, c) for i, c in enumerate(new_exec.cells) if c.cell_type == "code"]
+        keep = 0
+        for (oi, oc), (ni, nc) in zip(old_code, new_code):
+            if oi != ni or oc.get("id") != nc.get("id") or oc.source != nc.source:
+                break
+            keep += 1
+        keep = min(keep, committed_prefix(old_code, latest))
+        first_changed = new_code[keep][0] if keep < len(new_code) else len(new_exec.cells)
+        vhash = self._put_version(new, notebook)
+        iid = inst["id"]
+
+        def apply(c: Any) -> None:
+            Store.drop_steps(c, iid, first_changed)
+            Store.update_instance(c, iid, version=vhash, notebook=str(Path(notebook).absolute()))
+
+        self.writer.call(apply)
+
+    def execute(self, instance_id: str, progress: Progress | None = None) -> RunResult:
+        progress = progress or Progress()
+        inst = self._instance(instance_id)
+        nb = self.executed_notebook(inst)
+        code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        latest, attempts = self.store.latest_steps(instance_id)
+        done = committed_prefix(code, latest)
+        try:
+            plan = restore_plan(code, latest, done)
+        except UnrestorableState as exc:
+            failed = code[done][0] if done < len(code) else None
+            return self._finish(
+                inst,
+                nb,
+                Status.FAILED,
+                failed,
+                ErrorInfo(ename="UnrestorableState", evalue=exc.message),
+            )
+        todo = [CellPlan(i, c.get("id"), c.source, source_hash(c.source)) for i, c in code[done:]]
+        self._claim(instance_id)
+        progress.start(instance_id, len(code), done)
+        kernel = None
+        futures: list[Future[Any]] = []
+        try:
+            kernel = self.pool.acquire()
+            runner = Runner(kernel)
+
+            def on_step(res: CellResult) -> None:
+                progress.executed(res)
+                futures.append(self._commit_step(instance_id, res, attempts, progress))
+
+            outcome = runner.run(
+                todo,
+                {**plan.to_plan(), "blobs": str(self.blobs.root), "cwd": inst["cwd"]},
+                on_step,
+            )
+        except BaseException as exc:
+            for f in futures:
+                f.exception()
+            err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
+            self._finish(inst, nb, Status.FAILED, todo[0].index if todo else None, err)
+            raise
+        finally:
+            if kernel is not None:
+                kernel.close()
+        for f in futures:
+            f.result()  # every step committed before the instance is declared done
+        if outcome.ok:
+            return self._finish(inst, nb, Status.COMPLETED, None, None)
+        failed = outcome.failed.index if outcome.failed else (todo[0].index if todo else None)
+        return self._finish(inst, nb, Status.FAILED, failed, outcome.error)
+
+    def _claim(self, instance_id: str) -> None:
+        pid, start, host = self._me
+        with self._lock:
+            self._active.add(instance_id)
+        self.writer.call(
+            lambda c: Store.update_instance(
+                c,
+                instance_id,
+                status=Status.RUNNING,
+                owner_pid=pid,
+                owner_start=start,
+                owner_host=host,
+                failed_cell=None,
+                error=None,
+            )
+        )
+
+    def _commit_step(
+        self, instance_id: str, res: CellResult, attempts: dict[int, int], progress: Progress
+    ) -> Future[Any]:
+        c = res.content
+        index = res.cell.index
+        attempts[index] = attempts.get(index, 0) + 1
+        manifest = c.get("manifest") or {}
+        started = c.get("started_at")
+        step = StepRecord(
+            instance_id=instance_id,
+            index=index,
+            cell_id=res.cell.cell_id,
+            source_hash=res.cell.source_hash,
+            status=CellStatus.COMMITTED if res.ok else CellStatus.FAILED,
+            attempt=attempts[index],
+            started_at=(
+                datetime.fromtimestamp(started, timezone.utc)
+                if started
+                else datetime.now(timezone.utc)
+            ).replace(tzinfo=None),
+            duration_ms=float(c.get("duration_ms") or 0.0),
+            execution_count=c.get("execution_count"),
+            vars={k: VarRef(**v) for k, v in manifest.get("vars", {}).items()},
+            deleted=manifest.get("deleted", []),
+            unserializable={
+                k: UnserializableVar(**v) for k, v in manifest.get("unserializable", {}).items()
+            },
+            error=ErrorInfo(**c["error"]) if c.get("error") else None,
+        )
+        text = json.dumps(res.outputs)
+        blob = None
+        if len(text) > OUTPUTS_INLINE_LIMIT:
+            blob = self.blobs.put(text.encode())  # fsynced before the row naming it
+            text = None  # type: ignore[assignment]
+        row = Store.step_row(step, time.time_ns(), text, blob)
+        fut = self.writer.submit_steps([row])
+        if res.ok:
+
+            def done(f: Future[Any]) -> None:
+                if f.exception() is None:
+                    progress.committed(index)
+
+            fut.add_done_callback(done)
+        return fut
+
+    def _finish(
+        self,
+        inst: dict[str, Any],
+        nb: NotebookNode,
+        status: Status,
+        failed_cell: int | None,
+        error: ErrorInfo | None,
+    ) -> RunResult:
+        iid = inst["id"]
+        latest, attempts = self.store.latest_steps(iid)
+        meta = {
+            "instance_id": iid,
+            "version": inst["version"],
+            "status": status.value,
+            "parameters": inst["parameters"],
+            "failed_cell": failed_cell,
+        }
+        out_nb = build_output(nb, latest, attempts, meta, self.blobs.get)
+        try:
+            write_notebook(out_nb, inst["output"])
+            output = inst["output"]
+        except OSError:
+            output = None
+        self.writer.call(
+            lambda c: Store.update_instance(
+                c,
+                iid,
+                status=status,
+                failed_cell=failed_cell,
+                error=error.model_dump() if error else None,
+                owner_pid=None,
+                owner_start=None,
+            )
+        )
+        with self._lock:
+            self._active.discard(iid)
+        return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
+
+    def _result(self, inst: dict[str, Any]) -> RunResult:
+        return RunResult(
+            id=inst["id"],
+            status=Status(inst["status"]),
+            failed_cell=inst["failed_cell"],
+            output=inst["output"],
+            error=ErrorInfo(**inst["error"]) if inst["error"] else None,
+        )
+
+    # -- crash recovery ------------------------------------------------------------
+    def owner_alive(self, inst: dict[str, Any]) -> bool:
+        pid, start, host = inst["owner_pid"], inst["owner_start"], inst["owner_host"]
+        if pid is None:
+            return False
+        if host and host != self._me[2]:
+            return True  # another machine's process: not ours to judge
+        if pid == self._me[0]:
+            with self._lock:
+                return inst["id"] in self._active
+        now = _proc_start(pid)
+        return now is not None and (start is None or now == start)
+
+    def recover_orphans(self) -> list[str]:
+        """Instances left ``running`` by a process that died become ``failed`` at the
+        first uncommitted cell, ready for ``durabook resume``."""
+        found = []
+        for inst in self.store.running_instances():
+            if self.owner_alive(inst):
+                continue
+            nb = self.executed_notebook(inst)
+            code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+            latest, _ = self.store.latest_steps(inst["id"])
+            done = committed_prefix(code, latest)
+            failed = code[done][0] if done < len(code) else None
+            err = ErrorInfo(
+                ename="RunnerDied",
+                evalue=f"the process running this instance (pid {inst['owner_pid']}) died; "
+                f"`durabook resume {inst['id']}` continues at cell {failed}",
+            )
+            self._finish(inst, nb, Status.FAILED, failed, err)
+            found.append(inst["id"])
+        return found
+
+    # -- queries --------------------------------------------------------------------
+    def status(self, instance_id: str) -> InstanceStatus:
+        inst = self._instance(instance_id)
+        nb = self.executed_notebook(inst)
+        code = [(i, c.get("id")) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        return self.store.status(instance_id, code)
+
+    def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
+        if status is not None:
+            try:
+                Status(status)
+            except ValueError:
+                names = " ".join(s.value for s in Status)
+                raise BadInput(f"unknown status {status!r}; one of: {names}") from None
+        return self.store.list(status, limit)

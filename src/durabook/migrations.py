@@ -1,0 +1,59 @@
+"""Versioned schema changes, applied in order when a store opens.
+
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "instances, versions, steps",
+        """
+        CREATE TABLE versions (
+            hash        VARCHAR PRIMARY KEY,
+            created_at  TIMESTAMP NOT NULL,
+            path        VARCHAR,
+            blob        VARCHAR NOT NULL
+        );
+        CREATE TABLE instances (
+            id           VARCHAR PRIMARY KEY,
+            notebook     VARCHAR NOT NULL,
+            version      VARCHAR NOT NULL,
+            status       VARCHAR NOT NULL,
+            parameters   VARCHAR NOT NULL DEFAULT '{}',
+            created_at   TIMESTAMP NOT NULL,
+            updated_at   TIMESTAMP NOT NULL,
+            owner_pid    INTEGER,
+            owner_start  BIGINT,
+            owner_host   VARCHAR,
+            failed_cell  INTEGER,
+            error        VARCHAR,
+            output       VARCHAR,
+            cwd          VARCHAR
+        );
+        -- one row per finished attempt of a cell; append-only but for `dropped`
+        CREATE TABLE steps (
+            instance_id     VARCHAR NOT NULL,
+            idx             INTEGER NOT NULL,
+            seq             BIGINT NOT NULL,
+            cell_id         VARCHAR NOT NULL,
+            source_hash     VARCHAR NOT NULL,
+            status          VARCHAR NOT NULL,
+            attempt         INTEGER NOT NULL,
+            started_at      TIMESTAMP,
+            duration_ms     DOUBLE,
+            execution_count INTEGER,
+            outputs         VARCHAR,
+            outputs_blob    VARCHAR,
+            state           VARCHAR,
+            error           VARCHAR,
+            replay          BOOLEAN NOT NULL DEFAULT false,
+            dropped         BOOLEAN NOT NULL DEFAULT false
+        );
+        CREATE INDEX steps_instance ON steps (instance_id);
+        """,
+    ),
+]

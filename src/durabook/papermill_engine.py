@@ -1,0 +1,75 @@
+"""``papermill in.ipynb out.ipynb --engine durabook``: papermill runs, durably.
+
+papermill injects the parameters and keeps its own bookkeeping
+(``NotebookExecutionManager``: cell metadata, progress, autosave); this engine
+executes the cells as a durabook instance of ``$DURABOOK_HOME``, so a failed
+papermill run can be continued with ``durabook resume ID`` (the id is in the
+output notebook's ``metadata.durabook.instance_id`` and in papermill's log).
+Errors surface exactly as with papermill's default engine: error outputs in
+the failed cell, then papermill raises ``PapermillExecutionError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from papermill.engines import Engine as PapermillEngine
+from papermill.engines import NBClientEngine
+
+from .engine import Engine, Progress
+from .runner import CellResult
+
+__all__ = ["DurabookEngine"]
+
+log = logging.getLogger("papermill")
+
+
+class _ManagerProgress(Progress):
+    """Feeds each finished cell to papermill's execution manager, in order."""
+
+    def __init__(self, nb_man: Any) -> None:
+        self.nb_man = nb_man
+        self.next_cell = 0
+
+    def executed(self, result: CellResult) -> None:
+        import nbformat
+
+        nb = self.nb_man.nb
+        index = result.cell.index
+        for i in range(self.next_cell, index):  # markdown and committed cells before it
+            if nb.cells[i].cell_type != "code":
+                self.nb_man.cell_start(nb.cells[i], i)
+                self.nb_man.cell_complete(nb.cells[i], i)
+        cell = nb.cells[index]
+        self.nb_man.cell_start(cell, index)
+        cell.outputs = [nbformat.from_dict(o) for o in result.outputs]
+        cell.execution_count = result.content.get("execution_count")
+        if not result.ok:
+            self.nb_man.cell_exception(cell, cell_index=index)
+        self.nb_man.cell_complete(cell, cell_index=index)
+        self.next_cell = index + 1
+
+
+class DurabookEngine(PapermillEngine):
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+        nb = nb_man.nb
+        language = (
+            nb.metadata.get("kernelspec", {}).get("language")
+            or nb.metadata.get("language_info", {}).get("name")
+            or "python"
+        )
+        if language != "python":
+            log.warning(
+                "durabook checkpoints Python kernels only; running %s with nbclient", language
+            )
+            return NBClientEngine.execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        source = kwargs.get("input_path")
+        with Engine() as eng:
+            iid, _ = eng.create(nb, source_path=str(source) if source else None, cwd=os.getcwd())
+            log.info("durabook instance %s (resume with `durabook resume %s`)", iid, iid)
+            nb.metadata["durabook"] = {"instance_id": iid}
+            eng.execute(iid, progress=_ManagerProgress(nb_man))
+        return nb

@@ -1,0 +1,194 @@
+"""Kernels: started with durabook's extension, handed out once, then thrown away.
+
+Each kernel is a child process that dies with its parent (``PR_SET_PDEATHSIG``),
+so a killed runner never leaves a kernel executing cells nobody will commit.
+:class:`KernelPool` keeps ``size`` kernels warm in the background so a run takes
+one in milliseconds; with ``size=0`` a kernel is started on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+from .errors import KernelDied
+
+__all__ = ["KernelPool", "KernelProcess"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+class KernelProcess:
+    """One ipykernel child process and a blocking client connected to it."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], kc: BlockingKernelClient, folder: str, log: Path | None
+    ) -> None:
+        self.proc = proc
+        self.kc = kc
+        self.folder = folder
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    def start(
+        cls,
+        log_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float = 60.0,
+    ) -> KernelProcess:
+        # ipc sockets in a short private folder: paths over ~100 bytes do not bind
+        folder = tempfile.mkdtemp(prefix="dbk-")
+        conn_file = os.path.join(folder, "kernel.json")
+        write_connection_file(conn_file, transport="ipc", ip=os.path.join(folder, "k"))
+        cmd = [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            conn_file,
+            "--ext=durabook_kernel",
+            "--HistoryManager.enabled=False",
+            "--IPKernelApp.log_level=ERROR",
+        ]
+        kenv = dict(os.environ)
+        kenv.pop("JPY_PARENT_PID", None)
+        kenv.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        kenv.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        if env:
+            kenv.update(env)
+        log: Path | None = None
+        out: Any = subprocess.DEVNULL
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = log_dir / f"kernel-{uuid.uuid4().hex[:8]}.log"
+            out = open(log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=kenv,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        kc = BlockingKernelClient(connection_file=conn_file)
+        kc.load_connection_file()
+        kc.start_channels()
+        self = cls(proc, kc, folder, log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                self.close()
+                raise KernelDied(
+                    f"the kernel exited at start (status {proc.returncode})"
+                    + (f"; see {log}" if log else "")
+                )
+            try:
+                kc.wait_for_ready(timeout=1.0)
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise KernelDied(f"the kernel did not answer within {timeout:.0f} s") from None
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGINT)
+
+    def close(self) -> None:
+        """Kill the kernel: a kernel serves one run and is never reused."""
+        with contextlib.suppress(Exception):
+            self.kc.stop_channels()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class KernelPool:
+    """Warm kernels for runs. ``acquire()`` never returns a kernel twice."""
+
+    def __init__(self, size: int = 0, log_dir: Path | None = None) -> None:
+        self.size = size
+        self.log_dir = log_dir
+        self._ready: deque[KernelProcess] = deque()
+        self._lock = threading.Lock()
+        self._starting = 0
+        self._closed = False
+        self.fill()
+
+    def fill(self) -> None:
+        with self._lock:
+            missing = self.size - len(self._ready) - self._starting
+            self._starting += max(missing, 0)
+        for _ in range(max(missing, 0)):
+            threading.Thread(target=self._start_one, daemon=True, name="durabook-pool").start()
+
+    def _start_one(self) -> None:
+        try:
+            k = KernelProcess.start(self.log_dir)
+        except Exception:
+            k = None
+        with self._lock:
+            self._starting -= 1
+            if k is not None and not self._closed:
+                self._ready.append(k)
+                k = None
+        if k is not None:
+            k.close()
+
+    def acquire(self) -> KernelProcess:
+        with self._lock:
+            k = self._ready.popleft() if self._ready else None
+        self.fill()
+        while k is not None and not k.alive():
+            k.close()
+            with self._lock:
+                k = self._ready.popleft() if self._ready else None
+        return k if k is not None else KernelProcess.start(self.log_dir)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            ready, self._ready = list(self._ready), deque()
+        for k in ready:
+            k.close()
