@@ -57,7 +57,28 @@ def extension_for(shell: Any) -> Extension:
     return ext
 
 
+def _watch_parent() -> None:
+    """Exit when the runner that started this kernel dies (its pipe reaches EOF)."""
+    import os
+    import threading
+
+    fd = os.environ.pop("DURABOOK_PARENT_FD", None)
+    if not fd:
+        return
+
+    def wait() -> None:
+        try:
+            while os.read(int(fd), 1):
+                pass
+        except OSError:
+            pass
+        os._exit(1)
+
+    threading.Thread(target=wait, name="durabook-lifeline", daemon=True).start()
+
+
 def load_ipython_extension(ip: Any) -> None:
+    _watch_parent()
     ext = extension_for(ip)
     if not getattr(ext, "_hooked", False):
         ip.events.register("pre_run_cell", ext.pre_run_cell)

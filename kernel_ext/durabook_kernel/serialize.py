@@ -6,6 +6,7 @@ Choice per value (first that works):
 - numpy arrays of plain dtypes: the ``.npy`` format, no pickle;
 - functions and classes defined in the notebook: cloudpickle (by value), then
   re-bound to the kernel's live globals on load;
+- closed files (what ``with open(...) as f`` leaves): a closed file again;
 - anything else: pickle, then cloudpickle.
 What fails all of them is *unserializable* and reported by name and type.
 """
@@ -102,6 +103,10 @@ def encode(obj: Any) -> Encoded:
         if name != "__main__" and sys.modules.get(name) is obj:
             return Encoded("module", tname, module=name)
         raise Unserializable(tname, f"module {name!r} cannot be re-imported by name")
+    if isinstance(obj, io.IOBase) and obj.closed:
+        # what `with open(...) as fh:` leaves behind holds no state: keep a closed file
+        binary = not isinstance(obj, io.TextIOBase)
+        return Encoded("closed_file", tname, b"b" if binary else b"t")
     if _is_dataframe(obj):
         try:
             buf = io.BytesIO()
@@ -121,11 +126,25 @@ def encode(obj: Any) -> Encoded:
         except Exception:
             pass
     try:
-        import cloudpickle
-
-        return Encoded("cloudpickle", tname, cloudpickle.dumps(obj, protocol=5))
+        return Encoded("cloudpickle", tname, _cloudpickle_dumps(obj))
     except Exception as exc:
         raise Unserializable(tname, f"{type(exc).__name__}: {exc}") from None
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    import cloudpickle
+
+    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
+        def reducer_override(self, o: Any) -> Any:
+            # cloudpickle would save an open file's *contents* and give back a
+            # StringIO: a silent change of meaning. An open file is unserializable.
+            if isinstance(o, io.IOBase) and not o.closed:
+                raise TypeError(f"cannot save an open file ({type(o).__name__})")
+            return super().reducer_override(o)
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=5).dump(obj)
+    return buf.getvalue()
 
 
 def decode(kind: str, payload: bytes, module: str | None, user_ns: dict[str, Any]) -> Any:
@@ -133,6 +152,12 @@ def decode(kind: str, payload: bytes, module: str | None, user_ns: dict[str, Any
         import importlib
 
         return importlib.import_module(module or "")
+    if kind == "closed_file":
+        import os
+
+        fh = open(os.devnull, "rb" if payload == b"b" else "r")  # noqa: SIM115
+        fh.close()
+        return fh
     if kind == "parquet":
         import pandas as pd
 

@@ -1,7 +1,10 @@
 """Kernels: started with durabook's extension, handed out once, then thrown away.
 
-Each kernel is a child process that dies with its parent (``PR_SET_PDEATHSIG``),
-so a killed runner never leaves a kernel executing cells nobody will commit.
+Each kernel is a child process that dies with its parent, so a killed runner
+never leaves a kernel executing cells nobody will commit: the kernel holds the
+read end of a pipe whose write end only the runner has, and exits when it reads
+end-of-file. (``PR_SET_PDEATHSIG`` is not used: it fires when the *thread* that
+started the child ends, and pool threads end right after starting a kernel.)
 :class:`KernelPool` keeps ``size`` kernels warm in the background so a run takes
 one in milliseconds; with ``size=0`` a kernel is started on demand.
 """
@@ -9,7 +12,6 @@ one in milliseconds; with ``size=0`` a kernel is started on demand.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -30,24 +32,22 @@ from .errors import KernelDied
 
 __all__ = ["KernelPool", "KernelProcess"]
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
+PARENT_FD_ENV = "DURABOOK_PARENT_FD"
 
 
 class KernelProcess:
     """One ipykernel child process and a blocking client connected to it."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], kc: BlockingKernelClient, folder: str, log: Path | None
+        self,
+        proc: subprocess.Popen[bytes],
+        kc: BlockingKernelClient,
+        folder: str,
+        log: Path | None,
+        lifeline: int,
     ) -> None:
         self.proc = proc
+        self.lifeline = lifeline  # write end of the pipe the kernel watches
         self.kc = kc
         self.folder = folder
         self.log = log
@@ -84,6 +84,9 @@ class KernelProcess:
         kenv.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         if env:
             kenv.update(env)
+        # the lifeline: not inheritable (PEP 446), so only this kernel gets the read end
+        read_end, lifeline = os.pipe()
+        kenv[PARENT_FD_ENV] = str(read_end)
         log: Path | None = None
         out: Any = subprocess.DEVNULL
         if log_dir is not None:
@@ -99,15 +102,19 @@ class KernelProcess:
                 env=kenv,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                pass_fds=(read_end,),
             )
+        except BaseException:
+            os.close(lifeline)
+            raise
         finally:
+            os.close(read_end)
             if out is not subprocess.DEVNULL:
                 out.close()
         kc = BlockingKernelClient(connection_file=conn_file)
         kc.load_connection_file()
         kc.start_channels()
-        self = cls(proc, kc, folder, log)
+        self = cls(proc, kc, folder, log, lifeline)
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
@@ -141,6 +148,8 @@ class KernelProcess:
                 self.proc.kill()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.close(self.lifeline)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
