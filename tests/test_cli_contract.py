@@ -62,9 +62,9 @@ def test_list_newest_first_and_by_status(home: Path, tmp_path: Path):
     for nb in (ok, bad, ok):
         ids.append(client.run(nb).id)
         time.sleep(0.01)
-    code, items = cli_json("list")
+    _, items = cli_json("list")
     assert [i["id"] for i in items] == ids[::-1]
-    code, failed = cli_json("list", "--status", "failed")
+    _, failed = cli_json("list", "--status", "failed")
     assert [i["id"] for i in failed] == [ids[1]]
     assert [i.id for i in client.list(status="completed")] == [ids[2], ids[0]]
 

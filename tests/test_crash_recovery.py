@@ -70,7 +70,7 @@ def test_kernel_sigkill_fails_the_cell_and_resume_continues(home: Path, tmp_path
 
     res = json.loads(out)
     assert res["status"] == "failed" and res["failed_cell"] == 2
-    code, st = cli_json("status", res["id"])
+    _, st = cli_json("status", res["id"])
     assert st["error"]["ename"] == "DeadKernelError"
     assert "cell 2" in st["error"]["evalue"] and "signal 9" in st["error"]["evalue"]
 

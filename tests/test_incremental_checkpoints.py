@@ -34,7 +34,8 @@ def test_each_cell_saves_only_what_it_changed(home: Path, tmp_path: Path):
             "other = 5",  # big and small untouched: not saved
             "alias = small\nalias.append(4)",  # shared object: one payload, restored as one
             "del other",
-            "import os\nassert os.path.exists('go.flag')\nprint(small is alias, small, 'other' in dir())",
+            "import os\nassert os.path.exists('go.flag')\n"
+            "print(small is alias, small, 'other' in dir())",
         ],
     )
     client = Client()
