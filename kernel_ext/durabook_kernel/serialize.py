@@ -134,7 +134,7 @@ def encode(obj: Any) -> Encoded:
 def _cloudpickle_dumps(obj: Any) -> bytes:
     import cloudpickle
 
-    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    class _Pickler(cloudpickle.Pickler):
         def reducer_override(self, o: Any) -> Any:
             # cloudpickle would save an open file's *contents* and give back a
             # StringIO: a silent change of meaning. An open file is unserializable.
