@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -12,6 +13,7 @@ from durabook.blobs import BlobStore, digest
 from durabook.engine import Engine
 from durabook.errors import EngineBusy
 from durabook.migrations import MIGRATIONS
+from durabook.models import CellStatus, StepRecord
 from durabook.store import Store
 
 
@@ -47,25 +49,40 @@ def test_a_second_writer_on_the_same_home_is_refused_clearly(tmp_path: Path):
     assert EngineBusy.exit_code == 2
 
 
+def _step(k: int) -> StepRecord:
+    return StepRecord(
+        instance_id="i",
+        index=k,
+        cell_id="c",
+        source_hash="h",
+        status=CellStatus.COMMITTED,
+        attempt=1,
+        started_at=datetime(2026, 1, 1),
+        duration_ms=1.0,
+    )
+
+
 def test_group_commit_batches_concurrent_writes(tmp_path: Path):
     with Engine(tmp_path / "h") as eng:
         start = eng.writer.batches
         barrier = threading.Barrier(8)
-        rows = [
-            ("i", k, k, "c", "h", "committed", 1, None, 1.0, 1, "[]", None, None, None, False)
-            for k in range(400)
-        ]
+        rows = [Store.step_row(_step(k), k, "[]", None) for k in range(400)]
+        errors: list[BaseException] = []
 
         def write(part: int) -> None:
             barrier.wait()
-            for r in rows[part::8]:
-                eng.writer.submit_steps([r]).result()
+            try:
+                for r in rows[part::8]:
+                    eng.writer.submit_steps([r]).result()
+            except BaseException as exc:
+                errors.append(exc)
 
         threads = [threading.Thread(target=write, args=(p,)) for p in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert errors == []
         batches = eng.writer.batches - start
         n = eng.store.cursor().execute("SELECT count(*) FROM steps").fetchone()
         assert n == (400,)

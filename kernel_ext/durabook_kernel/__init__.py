@@ -11,6 +11,7 @@ what it uses.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .driver import STEP_MSG, drive
@@ -43,6 +44,12 @@ class Extension:
 
             self.interactive = InteractiveSession(self)
         self.interactive.post_run_cell(result)
+
+    def close(self) -> None:
+        if self.interactive is not None:
+            # the kernel is going away: if this fails, the engine notices the dead owner
+            with contextlib.suppress(Exception):
+                self.interactive.close()
 
     def pre_run_cell(self, info: Any) -> None:
         if not self.batch and self.interactive is not None:
@@ -81,8 +88,14 @@ def load_ipython_extension(ip: Any) -> None:
     _watch_parent()
     ext = extension_for(ip)
     if not getattr(ext, "_hooked", False):
+        import atexit
+
+        from .interactive import durabook_magic
+
         ip.events.register("pre_run_cell", ext.pre_run_cell)
         ip.events.register("post_run_cell", ext.post_run_cell)
+        ip.register_magic_function(lambda line: durabook_magic(ip, ext, line), "line", "durabook")
+        atexit.register(ext.close)
         ext._hooked = True  # type: ignore[attr-defined]
 
 

@@ -92,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("id")
     st.add_argument("--json", action="store_true")
 
+    sv = sub.add_parser("serve", help="run the engine of a home in the foreground")
+    sv.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="exit after this many idle seconds (default: run until stopped)",
+    )
+
     ls = sub.add_parser("list", help="instances, newest first")
     ls.add_argument("--status")
     ls.add_argument("--limit", type=int)
@@ -159,9 +167,44 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from .control import ControlServer
     from .engine import Engine
 
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with Engine(args.home) as eng:
+        server = ControlServer(eng)
+        print(
+            f"durabook engine for {eng.home} (pid {__import__('os').getpid()}) on {server.path}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            while not stop:
+                time.sleep(0.2)
+                if args.idle_timeout and server.idle_for() > args.idle_timeout:
+                    break
+        finally:
+            server.wait_idle()
+            server.close()
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .control import open_engine
+
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "run":
         params = dict(args.parameter)
         progress = _BarProgress(not args.quiet)
@@ -173,7 +216,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(iid, flush=True)
                 printed = True
 
-        with Engine(args.home) as eng:
+        with open_engine(args.home, serve=True) as eng:
             try:
                 res = eng.run(
                     args.notebook,
@@ -183,16 +226,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                     from_text=True,
                     progress=progress,
                     on_created=created,
+                    if_exists=args.if_exists,
                 )
             finally:
                 progress.close()
-        if args.if_exists == "error" and args.id and not printed and not args.json:
-            pass
         _print_result(res, args.json, printed)
         return res.exit_code
     if args.command == "resume":
         progress = _BarProgress(not args.quiet)
-        with Engine(args.home) as eng:
+        with open_engine(args.home, serve=True) as eng:
             try:
                 res = eng.resume(args.id, args.notebook, progress=progress)
             finally:
@@ -200,7 +242,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_result(res, args.json, False)
         return res.exit_code
     if args.command == "status":
-        with Engine(args.home) as eng:
+        with open_engine(args.home) as eng:
             st = eng.status(args.id)
         if args.json:
             print(json.dumps(_status_json(st)))
@@ -208,7 +250,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_status(st)
         return 0
     if args.command == "list":
-        with Engine(args.home) as eng:
+        with open_engine(args.home) as eng:
             items = eng.list(args.status, args.limit)
         if args.json:
             print(json.dumps([i.model_dump(mode="json") for i in items]))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .control import RemoteEngine, open_engine
 from .engine import Engine, Progress, resolve_home
 from .models import InstanceStatus, InstanceSummary, RunResult
 
@@ -16,20 +17,17 @@ __all__ = ["Client"]
 class Client:
     """Runs and inspects instances of one home (``$DURABOOK_HOME`` or ``./.durabook``).
 
-    Each call opens the home's store for its duration, so several clients and
-    command-line calls can take turns on one home.
+    Each call opens the home's store for its duration, or, when another process
+    owns it (a ``durabook serve``, a running ``durabook run``), asks that process.
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = resolve_home(home)
 
     @contextmanager
-    def engine(self) -> Iterator[Engine]:
-        eng = Engine(self.home)
-        try:
+    def engine(self) -> Iterator[Engine | RemoteEngine]:
+        with open_engine(self.home, serve=True) as eng:
             yield eng
-        finally:
-            eng.close()
 
     def run(
         self,

@@ -54,6 +54,7 @@ from .writer import Writer
 __all__ = ["Engine", "Progress", "resolve_home"]
 
 OUTPUTS_INLINE_LIMIT = 64 * 1024
+INTERACTIVE = "interactive"  # the version of a session checkpointed by %load_ext
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -77,7 +78,10 @@ def _proc_start(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
-        return int(stat.rsplit(b")", 1)[1].split()[19])
+        fields = stat.rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return None  # a zombie has exited; only its parent has not reaped it yet
+        return int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -185,6 +189,8 @@ class Engine:
         return row
 
     def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
+        if inst["version"] == INTERACTIVE:
+            return self._session_notebook(inst["id"])
         return inject_parameters(self.load_version(inst["version"]), inst["parameters"])
 
     # -- run / resume ------------------------------------------------------------
@@ -197,8 +203,11 @@ class Engine:
         from_text: bool = False,
         progress: Progress | None = None,
         on_created: Callable[[str], None] | None = None,
+        if_exists: str = "return",
     ) -> RunResult:
-        iid, created = self.create(notebook, parameters, instance_id, output, from_text)
+        iid, created = self.create(
+            notebook, parameters, instance_id, output, from_text, if_exists=if_exists
+        )
         if on_created:
             on_created(iid)
         inst = self._instance(iid)
@@ -436,6 +445,10 @@ class Engine:
         for inst in self.store.running_instances():
             if self.owner_alive(inst):
                 continue
+            if inst["version"] == INTERACTIVE:  # its kernel went away: the session is over
+                self.end_session(inst["id"], Status.TERMINATED)
+                found.append(inst["id"])
+                continue
             nb = self.executed_notebook(inst)
             code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
             latest, _ = self.store.latest_steps(inst["id"])
@@ -450,9 +463,91 @@ class Engine:
             found.append(inst["id"])
         return found
 
+    # -- interactive sessions (%load_ext durabook.kernel) -------------------------------
+    def open_session(self, notebook: str, pid: int, cwd: str | None = None) -> str:
+        iid = _new_id()
+        row: dict[str, Any] = {
+            "id": iid,
+            "notebook": notebook,
+            "version": INTERACTIVE,
+            "status": Status.RUNNING.value,
+            "parameters": {},
+            "output": None,
+            "cwd": cwd,
+        }
+
+        def apply(c: Any) -> None:
+            Store.insert_instance(c, row)
+            Store.update_instance(
+                c, iid, owner_pid=pid, owner_start=_proc_start(pid), owner_host=self._me[2]
+            )
+
+        self.writer.call(apply)
+        return iid
+
+    def commit_interactive(self, instance_id: str, step: dict[str, Any]) -> None:
+        """One cell run by hand: committed before the kernel's next cell starts."""
+        inst = self._instance(instance_id)
+        if inst["version"] != INTERACTIVE or Status(inst["status"]) != Status.RUNNING:
+            raise InvalidState(f"instance {instance_id} is not an open interactive session")
+        manifest = step.get("manifest") or {}
+        rec = StepRecord(
+            instance_id=instance_id,
+            index=int(step["index"]),
+            cell_id=step.get("cell_id") or f"session-{step['index']}",
+            source_hash=source_hash(step["source"]),
+            status=CellStatus.COMMITTED if step["status"] == "ok" else CellStatus.FAILED,
+            attempt=1,
+            started_at=datetime.fromtimestamp(step["started_at"], timezone.utc).replace(
+                tzinfo=None
+            ),
+            duration_ms=float(step.get("duration_ms") or 0.0),
+            execution_count=step.get("execution_count"),
+            vars={k: VarRef(**v) for k, v in manifest.get("vars", {}).items()},
+            deleted=manifest.get("deleted", []),
+            unserializable={
+                k: UnserializableVar(**v) for k, v in manifest.get("unserializable", {}).items()
+            },
+            error=ErrorInfo(**step["error"]) if step.get("error") else None,
+        )
+        row = Store.step_row(
+            rec, time.time_ns(), json.dumps(step.get("outputs") or []), None, step["source"]
+        )
+        self.writer.submit_steps([row]).result()
+
+    def end_session(self, instance_id: str, status: Status = Status.COMPLETED) -> None:
+        self.writer.call(
+            lambda c: Store.update_instance(
+                c, instance_id, status=status, owner_pid=None, owner_start=None
+            )
+        )
+
+    def session_restore_plan(self, instance_id: str) -> dict[str, Any]:
+        """The state after a session's last successful cell, for ``%durabook restore``."""
+        inst = self._instance(instance_id)
+        nb = self.executed_notebook(inst)
+        code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        latest, _ = self.store.latest_steps(instance_id)
+        ok = [(i, c) for i, c in code if latest[i]["status"] == CellStatus.COMMITTED.value]
+        plan = restore_plan(ok, latest, len(ok))
+        return {**plan.to_plan(), "blobs": str(self.blobs.root)}
+
+    def _session_notebook(self, instance_id: str) -> NotebookNode:
+        latest, _ = self.store.latest_steps(instance_id)
+        cells = []
+        for index in range(max(latest, default=-1) + 1):
+            row = latest.get(index)
+            cell = nbformat.v4.new_code_cell(row["source"] or "" if row else "")
+            cell.id = row["cell_id"] if row and row["cell_id"] else f"session-{index}"
+            cells.append(cell)
+        return nbformat.v4.new_notebook(cells=cells)
+
     # -- queries --------------------------------------------------------------------
     def status(self, instance_id: str) -> InstanceStatus:
         inst = self._instance(instance_id)
+        if inst["status"] == Status.RUNNING.value and not self.owner_alive(inst):
+            self.recover_orphans()  # its process died since: say so, not "running"
+            inst = self._instance(instance_id)
         nb = self.executed_notebook(inst)
         code = [(i, c.get("id")) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
         return self.store.status(instance_id, code)
@@ -464,4 +559,5 @@ class Engine:
             except ValueError:
                 names = " ".join(s.value for s in Status)
                 raise BadInput(f"unknown status {status!r}; one of: {names}") from None
+        self.recover_orphans()
         return self.store.list(status, limit)

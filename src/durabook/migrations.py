@@ -56,4 +56,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX steps_instance ON steps (instance_id);
         """,
     ),
+    (
+        2,
+        "cell source on steps, for interactive sessions (no stored notebook version)",
+        "ALTER TABLE steps ADD COLUMN source VARCHAR;",
+    ),
 ]

@@ -39,7 +39,7 @@ _INSTANCE_COLS = (
 )
 _STEP_COLS = (
     "instance_id, idx, seq, cell_id, source_hash, status, attempt, started_at, duration_ms, "
-    "execution_count, outputs, outputs_blob, state, error, replay"
+    "execution_count, outputs, outputs_blob, state, error, replay, source"
 )
 
 
@@ -161,7 +161,11 @@ class Store:
 
     @staticmethod
     def step_row(
-        step: StepRecord, seq: int, outputs: str | None, outputs_blob: str | None
+        step: StepRecord,
+        seq: int,
+        outputs: str | None,
+        outputs_blob: str | None,
+        source: str | None = None,
     ) -> tuple[Any, ...]:
         state = None
         if step.vars or step.deleted or step.unserializable:
@@ -188,6 +192,7 @@ class Store:
             state,
             step.error.model_dump_json() if step.error else None,
             step.replay,
+            source,
         )
 
     # -- reads ------------------------------------------------------------------------
