@@ -71,7 +71,7 @@ def test_cells_run_by_hand_are_checkpointed_and_restorable(home: Path, kernels: 
 
     # the kernel dies; a new one gets the session's variables back
     os.kill(km.provisioner.process.pid, signal.SIGKILL)
-    km2, kc2 = _kernel(kernels, home)
+    _, kc2 = _kernel(kernels, home)
     _execute(kc2, "%load_ext durabook.kernel")
     out, reply = _execute(kc2, f"%durabook restore {iid}")
     assert reply["status"] == "ok", out

@@ -36,8 +36,11 @@ CALLS: dict[str, dict[str, Any]] = {
     "simple_execute.ipynb": {"parameters": {"msg": "Hello"}},
     "report_mode_test.ipynb": {"parameters": {"a": 0}, "report_mode": True},
     "test_autosave.ipynb": {"autosave_cell_every": 1},
-    # only inspected by papermill's tests (test_inspect.py): run with a parameter of its own
+    # only inspected by papermill's tests (test_inspect.py): run with parameters of our own
     "complex_parameters.ipynb": {"parameters": {"msg": "Hello", "a": 3.5}},
+    # sleep(60) "until interrupted": papermill's tests only prepare it (prepare_only=True never
+    # reaches an engine); a 2 s execution_timeout interrupts it, as papermill's CLI option would
+    "keyboard_interrupt.ipynb": {"execution_timeout": 2},
 }
 CWD_CHECK = "read_check.ipynb"  # TestCWD: must run in a cwd that holds check.txt
 
@@ -45,8 +48,6 @@ SKIP = {
     "binder.ipynb": "a %%bash cell runs papermill on paths relative to site-packages "
     "(writes into the installed papermill package); no papermill test executes it",
     "notimplemented_translator.ipynb": "R kernel (non-Python): no R kernel, no R translator",
-    "keyboard_interrupt.ipynb": "sleep(60) until interrupted; papermill's tests only use it "
-    "with prepare_only=True, which never reaches an engine",
 }
 
 
@@ -104,19 +105,40 @@ def _output_summary(output: dict[str, Any]) -> tuple[Any, ...]:
     return (kind, sorted(data), data.get("text/plain"))
 
 
+def _outputs_summary(outputs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Outputs as compared; consecutive same-name stream outputs are joined, since where a
+    stream is cut into messages depends on the kernel's flush timing, not on the engine."""
+    merged: list[dict[str, Any]] = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if (
+            out["output_type"] == "stream"
+            and last is not None
+            and last["output_type"] == "stream"
+            and last["name"] == out["name"]
+        ):
+            merged[-1] = {**last, "text": last["text"] + out["text"]}
+        else:
+            merged.append(out)
+    return [_output_summary(o) for o in merged]
+
+
 def _cell_summary(cell: dict[str, Any]) -> dict[str, Any]:
-    pm = cell.get("metadata", {}).get("papermill", {})
+    """What of a cell is deterministic: no timings, no traceback text."""
+    meta = cell.get("metadata", {})
+    pm = meta.get("papermill", {})
     summary = {
         "cell_type": cell["cell_type"],
         "source": cell["source"],
-        "tags": cell.get("metadata", {}).get("tags", []),
-        "source_hidden": cell.get("metadata", {}).get("jupyter", {}).get("source_hidden"),
+        "tags": meta.get("tags", []),
+        "source_hidden": meta.get("jupyter", {}).get("source_hidden"),
         "papermill.status": pm.get("status"),
         "papermill.exception": pm.get("exception"),
+        "papermill.started": pm.get("start_time") is not None,
     }
     if cell["cell_type"] == "code":
         summary["execution_count"] = cell.get("execution_count")
-        summary["outputs"] = [_output_summary(o) for o in cell.get("outputs", [])]
+        summary["outputs"] = _outputs_summary(cell.get("outputs", []))
     return summary
 
 
