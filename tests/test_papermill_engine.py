@@ -28,7 +28,7 @@ PM_NOTEBOOKS = Path(str(importlib.resources.files("papermill.tests").joinpath("n
 KERNELSPEC = {"name": "python3", "language": "python", "display_name": "Python 3"}
 
 # How papermill's own tests (papermill/tests/test_execute.py, test_autosave.py) call the
-# notebooks they execute; every one of them is given kernel_name="python3" there.
+# notebooks they execute; kernel_name="python3" is passed to all, as test_execute.py does.
 CALLS: dict[str, dict[str, Any]] = {
     "blank-vscode.ipynb": {"parameters": {"var": "It works"}},
     "nb_version_4.4.ipynb": {"parameters": {"var": "It works"}},

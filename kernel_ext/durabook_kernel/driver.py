@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -90,6 +91,11 @@ async def drive(plan_json: str) -> None:
     ext.batch = True
     if plan.get("cwd"):
         os.chdir(plan["cwd"])
+    # ipykernel turns SIGINT into a loop callback while an async request runs, which
+    # cannot fire while a cell's synchronous code holds the loop: make an interrupt
+    # (a timeout, or the user's) raise KeyboardInterrupt in the cell, as it does
+    # for ordinary requests
+    saved_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if not await _restore(shell, tracker, plan):
             return
@@ -137,6 +143,7 @@ async def drive(plan_json: str) -> None:
             },
         )
     finally:
+        signal.signal(signal.SIGINT, saved_sigint)
         ext.batch = False
 
 

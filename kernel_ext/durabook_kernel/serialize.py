@@ -23,8 +23,8 @@ from typing import Any
 __all__ = ["Encoded", "Unserializable", "decode", "encode", "is_immutable", "is_large"]
 
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, frozenset)
-_LARGE_BYTES = 1 << 20
-_LARGE_LEN = 50_000
+_LARGE_BYTES = 256 << 10
+_LARGE_LEN = 10_000
 
 
 class Unserializable(Exception):

@@ -7,7 +7,7 @@ the digest of its last saved payload. After a cell:
 - a name bound to the same immutable object is unchanged without encoding it;
 - any other value is encoded and compared by digest (content addressing), so a
   list mutated in place is caught and an untouched one is not written again;
-- large values (over 1 MiB, or containers of over 50,000 items) bound to the same
+- large values (over 256 KiB, or containers of over 10,000 items) bound to the same
   object are re-encoded only when the cell's source names them (or an alias of
   them). A function that mutates a large global without the cell naming it is
   the one case this misses; name the variable in the cell to have it saved.
@@ -45,6 +45,7 @@ NP_RANDOM_KEY = "__numpy_random__"
 class _Known:
     oid: int
     digest: str | None  # None: unserializable
+    stable: bool = False  # same object => same value (immutable, module, def, unsaveable)
 
 
 class StateTracker:
@@ -70,13 +71,19 @@ class StateTracker:
         """Encode what changed since the last checkpoint; write large payloads to blobs."""
         ns = self.user_ns
         mentioned = set(_IDENT.findall(source))
+        known = self.known
+        hidden = self.hidden
         groups: dict[int, list[str]] = {}
-        for name in self.user_names():
-            groups.setdefault(id(ns[name]), []).append(name)
+        for name, obj in ns.items():
+            if name[0] == "_" or name in hidden:
+                continue
+            k = known.get(name)
+            if k is not None and k.stable and k.oid == id(obj):
+                continue  # the common case, O(1): an unchanged number, string, def, module
+            groups.setdefault(id(obj), []).append(name)
 
         changed: dict[str, dict[str, Any]] = {}
         unserializable: dict[str, dict[str, str]] = {}
-        known = self.known
         for oid, names in groups.items():
             fresh = [n for n in names if (k := known.get(n)) is None or k.oid != oid]
             if not fresh:
@@ -93,16 +100,17 @@ class StateTracker:
             except Unserializable as exc:
                 for n in fresh:
                     unserializable[n] = {"type": exc.type_name, "error": exc.reason}
-                    known[n] = _Known(oid, None)
+                    known[n] = _Known(oid, None, stable=True)
                 continue
             ref = self._store(enc)
             key = ref["digest"]
+            stable = is_immutable(obj) or isinstance(obj, (types.FunctionType, type))
             primary: str | None = None
             for n in names:
                 k = known.get(n)
                 if k is not None and k.oid == oid and k.digest == key:
                     continue
-                known[n] = _Known(oid, key)
+                known[n] = _Known(oid, key, stable)
                 if primary is None:
                     primary = n
                     changed[n] = ref
@@ -195,7 +203,9 @@ class StateTracker:
         self.known.clear()
         for name, ref in refs.items():
             if name in self.user_ns:
-                self.known[name] = _Known(id(self.user_ns[name]), ref["digest"])
+                obj = self.user_ns[name]
+                stable = is_immutable(obj) or isinstance(obj, (types.FunctionType, type))
+                self.known[name] = _Known(id(obj), ref["digest"], stable)
         for name in rebuilt:
             if name in self.user_ns:
-                self.known[name] = _Known(id(self.user_ns[name]), None)
+                self.known[name] = _Known(id(self.user_ns[name]), None, stable=True)

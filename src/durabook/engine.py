@@ -171,11 +171,16 @@ class Engine:
 
     def _put_version(self, nb: NotebookNode, path: str | os.PathLike[str]) -> str:
         vhash = version_hash(nb)
-        clean = nbformat.from_dict(json.loads(json.dumps(nb)))
-        for cell in clean.cells:
-            if cell.cell_type == "code":
-                cell.outputs, cell.execution_count = [], None
-        blob = self.blobs.put(nbformat.writes(clean).encode())
+        try:
+            self.store.version_blob(vhash)
+            return vhash  # known content: a scheduled notebook's runs share one version
+        except KeyError:
+            pass
+        clean = json.loads(json.dumps(nb))
+        for cell in clean["cells"]:
+            if cell["cell_type"] == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+        blob = self.blobs.put(json.dumps(clean, sort_keys=True, indent=1).encode())
         self.writer.call(lambda c: Store.insert_version(c, vhash, str(path), blob))
         return vhash
 
@@ -264,7 +269,10 @@ class Engine:
 
         self.writer.call(apply)
 
-    def execute(self, instance_id: str, progress: Progress | None = None) -> RunResult:
+    def execute(
+        self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
+    ) -> RunResult:
+        """Run an instance's uncommitted cells; ``timeout`` is seconds per cell."""
         progress = progress or Progress()
         inst = self._instance(instance_id)
         nb = self.executed_notebook(inst)
@@ -299,6 +307,7 @@ class Engine:
                 todo,
                 {**plan.to_plan(), "blobs": str(self.blobs.root), "cwd": inst["cwd"]},
                 on_step,
+                timeout=timeout,
             )
         except BaseException as exc:
             for f in futures:

@@ -250,9 +250,15 @@ def coerce_parameters(
     return out
 
 
+def _is_injected(cell: NotebookNode) -> bool:
+    return INJECTED_TAG in cell.get("metadata", {}).get("tags", [])
+
+
 def strip_injected(nb: NotebookNode) -> NotebookNode:
-    nb = copy.deepcopy(nb)
-    nb.cells = [c for c in nb.cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    if not any(_is_injected(c) for c in nb.cells):
+        return nb
+    nb = copy.copy(nb)
+    nb.cells = [c for c in nb.cells if not _is_injected(c)]
     return nb
 
 
@@ -264,7 +270,8 @@ def inject_parameters(nb: NotebookNode, params: dict[str, Any]) -> NotebookNode:
     """
     if not params:
         return nb
-    nb = strip_injected(nb)
+    nb = copy.copy(strip_injected(nb))
+    nb.cells = list(nb.cells)
     lines = ["# Parameters"] + [f"{k} = {v!r}" for k, v in params.items()]
     cell = nbformat.v4.new_code_cell("\n".join(lines) + "\n")
     cell.id = INJECTED_TAG

@@ -43,7 +43,7 @@ def build_output(
             outputs = json.loads(load_blob(row["outputs_blob"]))
         else:
             outputs = json.loads(row["outputs"] or "[]")
-        cell.outputs = [nbformat.from_dict(o) for o in outputs]
+        cell.outputs = outputs
         cell.execution_count = row["execution_count"]
         started = row["started_at"]
         cell.metadata["durabook"] = {
@@ -62,7 +62,9 @@ def write_notebook(nb: NotebookNode, path: str | os.PathLike[str]) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            nbformat.write(nb, fh)
+            # built from a validated version and recorded outputs: no second validation
+            json.dump(nb, fh, sort_keys=True, indent=1, ensure_ascii=False)
+            fh.write("\n")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

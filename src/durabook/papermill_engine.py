@@ -32,6 +32,7 @@ class _ManagerProgress(Progress):
     def __init__(self, nb_man: Any) -> None:
         self.nb_man = nb_man
         self.next_cell = 0
+        self.stopped = False
 
     def executed(self, result: CellResult) -> None:
         import nbformat
@@ -46,15 +47,41 @@ class _ManagerProgress(Progress):
         self.nb_man.cell_start(cell, index)
         cell.outputs = [nbformat.from_dict(o) for o in result.outputs]
         cell.execution_count = result.content.get("execution_count")
-        if not result.ok:
+        timed_out = (result.content.get("error") or {}).get("ename") == "CellTimeoutError"
+        if timed_out:
+            self.stopped = True  # papermill lets nbclient's timeout error escape instead
+        elif not result.ok or result.content.get("status") == "exit":
+            # as nbclient: sys.exit() is an exception of the cell; papermill itself
+            # decides that exit status 0 does not fail the run
             self.nb_man.cell_exception(cell, cell_index=index)
+            self.stopped = True
         self.nb_man.cell_complete(cell, cell_index=index)
         self.next_cell = index + 1
+
+    def finish(self) -> None:
+        """Cells after the last code cell (markdown) are visited too, unless a cell stopped."""
+        if self.stopped:
+            return
+        nb = self.nb_man.nb
+        for i in range(self.next_cell, len(nb.cells)):
+            self.nb_man.cell_start(nb.cells[i], i)
+            self.nb_man.cell_complete(nb.cells[i], i)
 
 
 class DurabookEngine(PapermillEngine):
     @classmethod
-    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+    def execute_managed_notebook(
+        cls,
+        nb_man: Any,
+        kernel_name: str,
+        execution_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run as a durabook instance; ``execution_timeout`` is per cell, as with nbclient.
+
+        The kernel is always durabook's (this interpreter with the extension loaded):
+        ``kernel_name`` only chooses between Python (durable) and other languages.
+        """
         nb = nb_man.nb
         language = (
             nb.metadata.get("kernelspec", {}).get("language")
@@ -65,11 +92,22 @@ class DurabookEngine(PapermillEngine):
             log.warning(
                 "durabook checkpoints Python kernels only; running %s with nbclient", language
             )
-            return NBClientEngine.execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            return NBClientEngine.execute_managed_notebook(
+                nb_man, kernel_name, execution_timeout=execution_timeout, **kwargs
+            )
         source = kwargs.get("input_path")
         with Engine() as eng:
             iid, _ = eng.create(nb, source_path=str(source) if source else None, cwd=os.getcwd())
             log.info("durabook instance %s (resume with `durabook resume %s`)", iid, iid)
             nb.metadata["durabook"] = {"instance_id": iid}
-            eng.execute(iid, progress=_ManagerProgress(nb_man))
+            progress = _ManagerProgress(nb_man)
+            res = eng.execute(iid, progress=progress, timeout=execution_timeout)
+        progress.finish()
+        if res.error is not None and res.error.ename == "CellTimeoutError":
+            from nbclient.exceptions import CellTimeoutError
+
+            cell = nb.cells[res.failed_cell] if res.failed_cell is not None else None
+            raise CellTimeoutError.error_from_timeout_and_cell(
+                "Cell execution timed out", execution_timeout, cell
+            )
         return nb

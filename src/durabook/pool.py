@@ -185,6 +185,16 @@ class KernelPool:
         if k is not None:
             k.close()
 
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Block until ``size`` kernels are warm (benchmarks time runs, not starts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._ready) >= self.size:
+                    return True
+            time.sleep(0.01)
+        return False
+
     def acquire(self) -> KernelProcess:
         with self._lock:
             k = self._ready.popleft() if self._ready else None

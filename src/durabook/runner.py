@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from .models import ErrorInfo
 from .pool import KernelProcess
 
 __all__ = ["CellPlan", "CellResult", "Outputs", "RunOutcome", "Runner"]
+
+KILL_GRACE = 5.0  # seconds a timed-out cell gets to honour the interrupt
 
 _OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
 
@@ -114,7 +117,10 @@ class Runner:
         cells: list[CellPlan],
         plan: dict[str, Any],
         on_step: Callable[[CellResult], None],
+        timeout: float | None = None,
     ) -> RunOutcome:
+        """Run ``cells``; ``timeout`` (seconds per cell) interrupts a cell that runs
+        longer, and kills the kernel if the interrupt is ignored for ``KILL_GRACE``."""
         kc = self.kernel.kc
         full_plan = {
             **plan,
@@ -138,9 +144,21 @@ class Runner:
         restored = False
         position = 0
         outcome = RunOutcome(ok=True)
+        cell_started = time.monotonic()
+        interrupted_at: float | None = None
         while True:
+            if timeout is not None and restored and position < len(cells):
+                now = time.monotonic()
+                if interrupted_at is None and now - cell_started > timeout:
+                    interrupted_at = now
+                    self.kernel.interrupt()
+                elif interrupted_at is not None and now - interrupted_at > KILL_GRACE:
+                    self.kernel.close()  # it ignored the interrupt: the kernel goes
+                    dead = self._dead(cells, position, restored, outcome)
+                    dead.error = self._timeout_error(cells[position], timeout, killed=True)
+                    return dead
             try:
-                m = kc.iopub_channel.get_msg(timeout=0.25)
+                m = kc.iopub_channel.get_msg(timeout=0.1 if timeout else 0.25)
             except queue.Empty:
                 if not self.kernel.alive():
                     return self._dead(cells, position, restored, outcome)
@@ -151,6 +169,7 @@ class Runner:
             if kind == STEP_MSG:
                 content = m["content"]
                 phase = content.get("phase")
+                cell_started = time.monotonic()
                 if phase == "restored":
                     restored = True
                     outcome.restored = content
@@ -161,6 +180,9 @@ class Runner:
                     outcome.error = ErrorInfo(**content["error"])
                 elif phase == "cell":
                     cell = cells[position]
+                    if interrupted_at is not None and content.get("status") == "error":
+                        content["error"] = self._timeout_error(cell, timeout or 0).model_dump()
+                    interrupted_at = None
                     ok = content.get("status") in ("ok", "exit")
                     on_step(CellResult(cell, ok, outputs.take(), content))
                     position += 1
@@ -197,6 +219,13 @@ class Runner:
                 ename="DriverError", evalue="the kernel stopped before running every cell"
             )
         return outcome
+
+    @staticmethod
+    def _timeout_error(cell: CellPlan, timeout: float, killed: bool = False) -> ErrorInfo:
+        how = "; it ignored the interrupt, so the kernel was killed" if killed else ""
+        return ErrorInfo(
+            ename="CellTimeoutError", evalue=f"cell {cell.index} timed out after {timeout:g} s{how}"
+        )
 
     def _dead(
         self, cells: list[CellPlan], position: int, restored: bool, outcome: RunOutcome
