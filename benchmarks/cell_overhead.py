@@ -18,8 +18,9 @@ so drift in machine load hits all of them alike. The per-cell cost is
 ``(fastest long run - fastest short run) / (long - short)``: kernel start,
 process start and the fixed per-run costs cancel out, leaving what one extra
 cell costs. The minimum (as ``timeit`` uses) because noise on a shared machine
-only ever adds time; nbclient's shutdown occasionally stalls for seconds. After the runs the store is read back (``Engine.status`` of the
-last long run) and every cell must be ``committed``: the speed is durable speed.
+only ever adds time; nbclient's shutdown occasionally stalls for seconds. After
+the runs the store is read back (``Engine.status`` of the last long run) and
+every cell must be ``committed``: the speed is durable speed.
 
 Prints one JSON object on stdout; exits 0 when the targets pass, 1 otherwise.
 """

@@ -106,8 +106,8 @@ class DurabookEngine(PapermillEngine):
         if res.error is not None and res.error.ename == "CellTimeoutError":
             from nbclient.exceptions import CellTimeoutError
 
-            cell = nb.cells[res.failed_cell] if res.failed_cell is not None else None
+            assert res.failed_cell is not None and execution_timeout is not None
             raise CellTimeoutError.error_from_timeout_and_cell(
-                "Cell execution timed out", execution_timeout, cell
+                "Cell execution timed out", int(execution_timeout), nb.cells[res.failed_cell]
             )
         return nb
