@@ -11,11 +11,14 @@ from .conftest import outputs_text, write_nb
 
 
 def test_a_timed_out_cell_is_interrupted_and_the_run_resumable(home: Path, tmp_path: Path):
-    nb = write_nb(tmp_path / "slow.ipynb", [
-        "x = 1",
-        "import os, time\nif not os.path.exists('fast.flag'):\n    time.sleep(60)\nx += 1",
-        "print(x)",
-    ])
+    nb = write_nb(
+        tmp_path / "slow.ipynb",
+        [
+            "x = 1",
+            "import os, time\nif not os.path.exists('fast.flag'):\n    time.sleep(60)\nx += 1",
+            "print(x)",
+        ],
+    )
     with Engine() as eng:
         iid, _ = eng.create(nb)
         res = eng.execute(iid, timeout=1.0)
@@ -31,9 +34,12 @@ def test_a_timed_out_cell_is_interrupted_and_the_run_resumable(home: Path, tmp_p
 
 
 def test_a_cell_ignoring_the_interrupt_loses_its_kernel(home: Path, tmp_path: Path):
-    nb = write_nb(tmp_path / "stubborn.ipynb", [
-        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
-    ])
+    nb = write_nb(
+        tmp_path / "stubborn.ipynb",
+        [
+            "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
+        ],
+    )
     with Engine() as eng:
         iid, _ = eng.create(nb)
         res = eng.execute(iid, timeout=0.5)

@@ -81,7 +81,8 @@ def test_kernel_sigkill_fails_the_cell_and_resume_continues(home: Path, tmp_path
     assert (tmp_path / "log.txt").read_text() == "step1\n"
 
 
-def test_runner_sigkill_is_detected_and_resumed_from_last_commit(home: Path, tmp_path: Path):
+def _kill_runner_mid_run(tmp_path: Path) -> tuple[str, int]:
+    """Start `durabook run`, wait until its kernel is in the waiting cell, SIGKILL the run."""
     nb = _workflow(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "durabook", "run", str(nb), "-q"],
@@ -95,6 +96,11 @@ def test_runner_sigkill_is_detected_and_resumed_from_last_commit(home: Path, tmp
     time.sleep(0.5)  # let the writer commit the cells before the waiting one
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    return iid, kernel_pid
+
+
+def test_runner_sigkill_is_detected_and_resumed_from_last_commit(home: Path, tmp_path: Path):
+    iid, kernel_pid = _kill_runner_mid_run(tmp_path)
     assert _pid_gone(kernel_pid), "the kernel outlived its runner"
 
     # `list` notices the dead owner: the instance is not left running
@@ -116,19 +122,7 @@ def test_runner_sigkill_is_detected_and_resumed_from_last_commit(home: Path, tmp
 
 
 def test_resume_of_an_orphan_detects_the_dead_owner_itself(home: Path, tmp_path: Path):
-    nb = _workflow(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "durabook", "run", str(nb), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    iid = proc.stdout.readline().strip()
-    _wait_for(tmp_path / "kernel.pid")
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    iid, _ = _kill_runner_mid_run(tmp_path)
     (tmp_path / "release").touch()
     code, res = cli_json("resume", iid, "-q")
     assert code == 0 and res["status"] == "completed"

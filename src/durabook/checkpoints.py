@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from .errors import UnrestorableState
+from .models import CellStatus, ErrorInfo, StepRecord, UnserializableVar, VarRef
 from .notebook import is_replay_cell, source_hash
 
-__all__ = ["RestorePlan", "committed_prefix", "restore_plan"]
+__all__ = ["RestorePlan", "committed_prefix", "restore_plan", "step_record"]
 
 
 @dataclass
@@ -96,3 +98,35 @@ def restore_plan(
         for i, names in sorted(replay.items())
     ]
     return plan
+
+
+def step_record(
+    instance_id: str,
+    index: int,
+    cell_id: str,
+    src_hash: str,
+    ok: bool,
+    attempt: int,
+    content: dict[str, Any],
+) -> StepRecord:
+    """A finished cell as the kernel reported it (``durabook_step`` content)."""
+    manifest = content.get("manifest") or {}
+    started = content.get("started_at")
+    when = datetime.fromtimestamp(started, timezone.utc) if started else datetime.now(timezone.utc)
+    return StepRecord(
+        instance_id=instance_id,
+        index=index,
+        cell_id=cell_id,
+        source_hash=src_hash,
+        status=CellStatus.COMMITTED if ok else CellStatus.FAILED,
+        attempt=attempt,
+        started_at=when.replace(tzinfo=None),
+        duration_ms=float(content.get("duration_ms") or 0.0),
+        execution_count=content.get("execution_count"),
+        vars={k: VarRef(**v) for k, v in manifest.get("vars", {}).items()},
+        deleted=manifest.get("deleted", []),
+        unserializable={
+            k: UnserializableVar(**v) for k, v in manifest.get("unserializable", {}).items()
+        },
+        error=ErrorInfo(**content["error"]) if content.get("error") else None,
+    )

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from .blobs import BlobStore
-from .checkpoints import committed_prefix, restore_plan
+from .checkpoints import committed_prefix, restore_plan, step_record
 from .errors import BadInput, InvalidState, UnknownInstance, UnrestorableState
 from .models import (
     CellStatus,
@@ -32,9 +31,6 @@ from .models import (
     InstanceSummary,
     RunResult,
     Status,
-    StepRecord,
-    UnserializableVar,
-    VarRef,
 )
 from .notebook import (
     coerce_parameters,
@@ -348,28 +344,14 @@ class Engine:
         c = res.content
         index = res.cell.index
         attempts[index] = attempts.get(index, 0) + 1
-        manifest = c.get("manifest") or {}
-        started = c.get("started_at")
-        step = StepRecord(
-            instance_id=instance_id,
-            index=index,
-            cell_id=res.cell.cell_id,
-            source_hash=res.cell.source_hash,
-            status=CellStatus.COMMITTED if res.ok else CellStatus.FAILED,
-            attempt=attempts[index],
-            started_at=(
-                datetime.fromtimestamp(started, timezone.utc)
-                if started
-                else datetime.now(timezone.utc)
-            ).replace(tzinfo=None),
-            duration_ms=float(c.get("duration_ms") or 0.0),
-            execution_count=c.get("execution_count"),
-            vars={k: VarRef(**v) for k, v in manifest.get("vars", {}).items()},
-            deleted=manifest.get("deleted", []),
-            unserializable={
-                k: UnserializableVar(**v) for k, v in manifest.get("unserializable", {}).items()
-            },
-            error=ErrorInfo(**c["error"]) if c.get("error") else None,
+        step = step_record(
+            instance_id,
+            index,
+            res.cell.cell_id,
+            res.cell.source_hash,
+            res.ok,
+            attempts[index],
+            c,
         )
         text = json.dumps(res.outputs)
         blob = None
@@ -499,25 +481,15 @@ class Engine:
         inst = self._instance(instance_id)
         if inst["version"] != INTERACTIVE or Status(inst["status"]) != Status.RUNNING:
             raise InvalidState(f"instance {instance_id} is not an open interactive session")
-        manifest = step.get("manifest") or {}
-        rec = StepRecord(
-            instance_id=instance_id,
-            index=int(step["index"]),
-            cell_id=step.get("cell_id") or f"session-{step['index']}",
-            source_hash=source_hash(step["source"]),
-            status=CellStatus.COMMITTED if step["status"] == "ok" else CellStatus.FAILED,
-            attempt=1,
-            started_at=datetime.fromtimestamp(step["started_at"], timezone.utc).replace(
-                tzinfo=None
-            ),
-            duration_ms=float(step.get("duration_ms") or 0.0),
-            execution_count=step.get("execution_count"),
-            vars={k: VarRef(**v) for k, v in manifest.get("vars", {}).items()},
-            deleted=manifest.get("deleted", []),
-            unserializable={
-                k: UnserializableVar(**v) for k, v in manifest.get("unserializable", {}).items()
-            },
-            error=ErrorInfo(**step["error"]) if step.get("error") else None,
+        index = int(step["index"])
+        rec = step_record(
+            instance_id,
+            index,
+            step.get("cell_id") or f"session-{index}",
+            source_hash(step["source"]),
+            step["status"] == "ok",
+            1,
+            step,
         )
         row = Store.step_row(
             rec, time.time_ns(), json.dumps(step.get("outputs") or []), None, step["source"]
