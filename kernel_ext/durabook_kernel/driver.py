@@ -23,6 +23,7 @@ import time
 import traceback
 from typing import Any
 
+from . import primitives
 from .blobs import BlobStore
 
 __all__ = ["STEP_MSG", "drive"]
@@ -96,14 +97,31 @@ async def drive(plan_json: str) -> None:
     # (a timeout, or the user's) raise KeyboardInterrupt in the cell, as it does
     # for ordinary requests
     saved_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctx = primitives._RunContext(plan.get("resolutions") or {})
+    primitives._context = ctx
+    # a suspension is not an error to show: end the cell quietly
+    shell.set_custom_exc((primitives.Suspend,), lambda *a, **k: None)
     try:
         if not await _restore(shell, tracker, plan):
             return
         for cell in plan["cells"]:
             started = time.time()
             t0 = time.perf_counter()
+            ctx.start_cell(cell["index"], cell["source"])
             result = await _run_source(shell, cell["source"], cell.get("id"), silent=False)
             _flush()
+            if isinstance(result.error_in_exec, primitives.Suspend):
+                _publish(
+                    shell,
+                    {
+                        "phase": "cell",
+                        "index": cell["index"],
+                        "status": "suspend",
+                        "suspend": result.error_in_exec.request,
+                        "started_at": started,
+                    },
+                )
+                return
             content: dict[str, Any] = {
                 "phase": "cell",
                 "index": cell["index"],
@@ -143,6 +161,8 @@ async def drive(plan_json: str) -> None:
             },
         )
     finally:
+        shell.set_custom_exc((), None)
+        primitives._context = None
         signal.signal(signal.SIGINT, saved_sigint)
         ext.batch = False
 

@@ -16,14 +16,23 @@ __all__ = [
     "Client",
     "DurabookError",
     "ErrorInfo",
+    "EventTimeout",
     "InstanceStatus",
     "InstanceSummary",
     "RunResult",
     "Status",
     "__version__",
+    "sleep",
+    "sleep_until",
+    "wait_for_event",
 ]
 
 _LAZY = {
+    # the workflow primitives live with the kernel extension: cells import nothing heavy
+    "sleep": "durabook_kernel.primitives",
+    "sleep_until": "durabook_kernel.primitives",
+    "wait_for_event": "durabook_kernel.primitives",
+    "EventTimeout": "durabook_kernel.primitives",
     "Client": "durabook.client",
     "DurabookError": "durabook.errors",
     "CellState": "durabook.models",
@@ -36,6 +45,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from durabook_kernel.primitives import EventTimeout, sleep, sleep_until, wait_for_event
+
     from .client import Client
     from .errors import DurabookError
     from .models import (

@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("id")
     st.add_argument("--json", action="store_true")
 
+    ev = sub.add_parser("send-event", help="send an event to an instance (wait_for_event)")
+    ev.add_argument("id")
+    ev.add_argument("name")
+    ev.add_argument("--data", help="the event's payload, as JSON")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("-q", "--quiet", action="store_true")
+
     sv = sub.add_parser("serve", help="run the engine of a home in the foreground")
     sv.add_argument(
         "--idle-timeout",
@@ -168,35 +175,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
     import signal
-    import time
+    import threading
 
-    from .control import ControlServer
     from .engine import Engine
+    from .serve import serve
 
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
     with Engine(args.home) as eng:
-        server = ControlServer(eng)
-        print(
-            f"durabook engine for {eng.home} (pid {__import__('os').getpid()}) on {server.path}",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            while not stop:
-                time.sleep(0.2)
-                if args.idle_timeout and server.idle_for() > args.idle_timeout:
-                    break
-        finally:
-            server.wait_idle()
-            server.close()
+        print(f"durabook engine for {eng.home} (pid {os.getpid()})", file=sys.stderr, flush=True)
+        serve(eng, stop, args.idle_timeout)
+    return 0
+
+
+def _send_event(args: argparse.Namespace) -> int:
+    from .control import RemoteEngine, open_engine
+
+    with open_engine(args.home, serve=True) as eng:
+        if isinstance(eng, RemoteEngine):
+            answer = eng.send_event(args.id, args.name, args.data)
+            delivered, resumed = answer["delivered"], answer["resumed_by_engine"]
+        else:
+            delivered, resumed = eng.send_event(args.id, args.name, args.data), False
+        if delivered and not resumed:
+            # no engine keeps running here: resume the instance in the foreground
+            progress = _BarProgress(not args.quiet)
+            try:
+                res = eng.resume(args.id, progress=progress)
+            finally:
+                progress.close()
+            _print_result(res, args.json, False)
+            return res.exit_code
+    what = "delivered; the engine resumes it" if delivered else "kept until it waits for it"
+    if args.json:
+        print(json.dumps({"id": args.id, "event": args.name, "delivered": delivered}))
+    else:
+        print(f"event {args.name!r} for {args.id}: {what}", file=sys.stderr)
     return 0
 
 
@@ -205,6 +222,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "serve":
         return _serve(args)
+    if args.command == "send-event":
+        return _send_event(args)
     if args.command == "run":
         params = dict(args.parameter)
         progress = _BarProgress(not args.quiet)

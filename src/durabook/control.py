@@ -168,6 +168,9 @@ class ControlServer:
         if op == "end_session":
             eng.end_session(args["id"])
             return None
+        if op == "send_event":
+            delivered = eng.send_event(args["id"], args["name"], args.get("data"))
+            return {"delivered": delivered, "resumed_by_engine": delivered and eng.wakes_instances}
         if op == "restore_plan":
             return eng.session_restore_plan(args["id"])
         raise BadInput(f"unknown operation {op!r}")
@@ -258,6 +261,10 @@ class RemoteEngine:
 
     def status(self, instance_id: str) -> InstanceStatus:
         return InstanceStatus.model_validate(self._call("status", id=instance_id))
+
+    def send_event(self, instance_id: str, name: str, data: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("send_event", id=instance_id, name=name, data=data)
+        return out
 
     def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
         return [

@@ -45,6 +45,7 @@ from .output import build_output, write_notebook
 from .pool import KernelPool
 from .runner import CellPlan, CellResult, Runner
 from .store import Store
+from .suspensions import Suspensions
 from .writer import Writer
 
 __all__ = ["Engine", "Progress", "resolve_home"]
@@ -94,7 +95,7 @@ def check_instance_id(instance_id: str) -> str:
     return instance_id
 
 
-class Engine:
+class Engine(Suspensions):
     def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
         self.home = resolve_home(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -104,8 +105,10 @@ class Engine:
         self.pool = KernelPool(pool_size, log_dir=self.home / "logs")
         self._me = (os.getpid(), _proc_start(os.getpid()), socket.gethostname())
         self._active: set[str] = set()
+        self.wakes_instances = False  # True in `durabook serve`: it resumes what it wakes
+        self.woken: set[str] = set()
         self._lock = threading.Lock()
-        self.recover_orphans()
+        self.recovered = self.recover_orphans()
 
     def close(self) -> None:
         self.pool.close()
@@ -230,6 +233,24 @@ class Engine:
                 instance=instance_id,
                 status=status.value,
             )
+        if status in (Status.SLEEPING, Status.WAITING):
+            self.tick()  # due already? then it is queued now
+            inst = self._instance(instance_id)
+            status = Status(inst["status"])
+            if status == Status.SLEEPING:
+                raise InvalidState(
+                    f"instance {instance_id} sleeps until {inst['wake_at']:%Y-%m-%d %H:%M:%S} "
+                    "UTC; `durabook serve` resumes it then",
+                    instance=instance_id,
+                    status=status.value,
+                )
+            if status == Status.WAITING:
+                raise InvalidState(
+                    f"instance {instance_id} waits for the event {inst['waiting_for']!r}: "
+                    f"`durabook send-event {instance_id} {inst['waiting_for']}` resumes it",
+                    instance=instance_id,
+                    status=status.value,
+                )
         if status == Status.RUNNING:
             raise InvalidState(
                 f"instance {instance_id} is running (pid {inst['owner_pid']}); wait for it or "
@@ -301,7 +322,12 @@ class Engine:
 
             outcome = runner.run(
                 todo,
-                {**plan.to_plan(), "blobs": str(self.blobs.root), "cwd": inst["cwd"]},
+                {
+                    **plan.to_plan(),
+                    "blobs": str(self.blobs.root),
+                    "cwd": inst["cwd"],
+                    "resolutions": inst["resolutions"],
+                },
                 on_step,
                 timeout=timeout,
             )
@@ -316,6 +342,12 @@ class Engine:
                 kernel.close()
         for f in futures:
             f.result()  # every step committed before the instance is declared done
+        if outcome.suspended is not None:
+            status, fields = self._suspension_fields(outcome.suspended)
+            res = self._finish(inst, nb, status, None, None, **fields)
+            if self._deliver_pending(instance_id, outcome.suspended):
+                return self.execute(instance_id, progress, timeout)  # it had already arrived
+            return res
         if outcome.ok:
             return self._finish(inst, nb, Status.COMPLETED, None, None)
         failed = outcome.failed.index if outcome.failed else (todo[0].index if todo else None)
@@ -324,6 +356,8 @@ class Engine:
     def _claim(self, instance_id: str) -> None:
         pid, start, host = self._me
         with self._lock:
+            if instance_id in self._active:
+                raise InvalidState(f"instance {instance_id} is already running here")
             self._active.add(instance_id)
         self.writer.call(
             lambda c: Store.update_instance(
@@ -376,6 +410,7 @@ class Engine:
         status: Status,
         failed_cell: int | None,
         error: ErrorInfo | None,
+        **fields: Any,
     ) -> RunResult:
         iid = inst["id"]
         latest, attempts = self.store.latest_steps(iid)
@@ -401,6 +436,7 @@ class Engine:
                 error=error.model_dump() if error else None,
                 owner_pid=None,
                 owner_start=None,
+                **fields,
             )
         )
         with self._lock:

@@ -61,4 +61,24 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "cell source on steps, for interactive sessions (no stored notebook version)",
         "ALTER TABLE steps ADD COLUMN source VARCHAR;",
     ),
+    (
+        3,
+        "suspended instances (sleep, wait for events) and the events sent to them",
+        """
+        ALTER TABLE instances ADD COLUMN wake_at TIMESTAMP;
+        ALTER TABLE instances ADD COLUMN waiting_for VARCHAR;
+        ALTER TABLE instances ADD COLUMN suspension VARCHAR;
+        ALTER TABLE instances ADD COLUMN resolutions VARCHAR;
+        CREATE TABLE events (
+            seq           BIGINT NOT NULL,
+            instance_id   VARCHAR NOT NULL,
+            name          VARCHAR NOT NULL,
+            data          VARCHAR,
+            created_at    TIMESTAMP NOT NULL,
+            delivered_at  TIMESTAMP,
+            delivered_key VARCHAR
+        );
+        CREATE INDEX events_instance ON events (instance_id);
+        """,
+    ),
 ]

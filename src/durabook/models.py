@@ -118,6 +118,8 @@ class InstanceStatus(BaseModel):
     error: ErrorInfo | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     output: str | None = None
+    wake_at: datetime | None = None  # sleeping: when it wakes; waiting: when it times out
+    waiting_for: str | None = None  # waiting: the event's name
     cells: list[CellState] = Field(default_factory=list)
 
 

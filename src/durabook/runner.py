@@ -54,6 +54,8 @@ class RunOutcome:
     error: ErrorInfo | None = None
     restore_failed: bool = False
     stopped_early: bool = False  # a cell called sys.exit(0): done, later cells skipped
+    suspended: dict[str, Any] | None = None  # durabook.sleep / wait_for_event request
+    suspended_cell: CellPlan | None = None
     executed: int = 0
     restored: dict[str, Any] = field(default_factory=dict)
 
@@ -180,6 +182,11 @@ class Runner:
                     outcome.error = ErrorInfo(**content["error"])
                 elif phase == "cell":
                     cell = cells[position]
+                    if content.get("status") == "suspend":
+                        outputs.take()  # the cell runs again from its top on resume
+                        outcome.suspended = content["suspend"]
+                        outcome.suspended_cell = cell
+                        continue
                     if interrupted_at is not None and content.get("status") == "error":
                         content["error"] = self._timeout_error(cell, timeout or 0).model_dump()
                     interrupted_at = None
@@ -211,7 +218,11 @@ class Runner:
                     break
             elif restored:
                 outputs.add(m)
-        if outcome.ok and position < len(cells) and not outcome.stopped_early:
+        if (
+            outcome.ok
+            and position < len(cells)
+            and not (outcome.stopped_early or outcome.suspended)
+        ):
             # the driver stopped without saying why: treat it as a failure, never as done
             outcome.ok = False
             outcome.failed = cells[position]

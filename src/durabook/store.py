@@ -35,7 +35,8 @@ _LOCK_PID = re.compile(r"PID (\d+)")
 
 _INSTANCE_COLS = (
     "id, notebook, version, status, parameters, created_at, updated_at, owner_pid, "
-    "owner_start, owner_host, failed_cell, error, output, cwd"
+    "owner_start, owner_host, failed_cell, error, output, cwd, wake_at, waiting_for, "
+    "suspension, resolutions"
 )
 _STEP_COLS = (
     "instance_id, idx, seq, cell_id, source_hash, status, attempt, started_at, duration_ms, "
@@ -113,7 +114,7 @@ class Store:
         now = utcnow()
         c.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL)",
             [
                 row["id"],
                 row["notebook"],
@@ -130,7 +131,7 @@ class Store:
     @staticmethod
     def update_instance(c: Any, instance_id: str, **fields: Any) -> None:
         fields["updated_at"] = utcnow()
-        for key in ("error",):
+        for key in ("error", "suspension", "resolutions"):
             if key in fields and fields[key] is not None and not isinstance(fields[key], str):
                 fields[key] = json.dumps(fields[key])
         if "status" in fields and isinstance(fields["status"], Status):
@@ -207,6 +208,8 @@ class Store:
         out = dict(zip(cols, row))
         out["parameters"] = json.loads(out["parameters"] or "{}")
         out["error"] = json.loads(out["error"]) if out["error"] else None
+        out["suspension"] = json.loads(out["suspension"]) if out["suspension"] else None
+        out["resolutions"] = json.loads(out["resolutions"]) if out["resolutions"] else {}
         return out
 
     def version_blob(self, vhash: str) -> str:
@@ -215,9 +218,31 @@ class Store:
             raise KeyError(vhash)
         return str(row[0])
 
-    def running_instances(self) -> list[dict[str, Any]]:
-        rows = self.cursor().execute("SELECT id FROM instances WHERE status = 'running'").fetchall()
+    def instances_with_status(self, *statuses: str) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(statuses))
+        rows = (
+            self.cursor()
+            .execute(
+                f"SELECT id FROM instances WHERE status IN ({marks}) ORDER BY created_at", statuses
+            )
+            .fetchall()
+        )
         return [r for r in (self.instance_row(i) for (i,) in rows) if r is not None]
+
+    def running_instances(self) -> list[dict[str, Any]]:
+        return self.instances_with_status("running")
+
+    def pending_event(self, instance_id: str, name: str) -> tuple[int, str | None] | None:
+        row = (
+            self.cursor()
+            .execute(
+                "SELECT seq, data FROM events WHERE instance_id = ? AND name = ? "
+                "AND delivered_at IS NULL ORDER BY seq LIMIT 1",
+                [instance_id, name],
+            )
+            .fetchone()
+        )
+        return (int(row[0]), row[1]) if row else None
 
     def steps(self, instance_id: str) -> list[dict[str, Any]]:
         """Live (not dropped) step rows of an instance, oldest first."""
@@ -292,6 +317,8 @@ class Store:
             failed_cell=inst["failed_cell"],
             error=ErrorInfo(**inst["error"]) if inst["error"] else None,
             parameters=inst["parameters"],
+            wake_at=_aware(inst["wake_at"]) if inst["wake_at"] else None,
+            waiting_for=inst["waiting_for"],
             output=inst["output"],
             cells=cells,
         )
