@@ -104,7 +104,11 @@ async def drive(plan_json: str) -> None:
     try:
         if not await _restore(shell, tracker, plan):
             return
+        stop_file = plan.get("stop_file")
         for cell in plan["cells"]:
+            if stop_file and os.path.exists(stop_file):  # `durabook pause`: stop between cells
+                _publish(shell, {"phase": "paused", "index": cell["index"]})
+                return
             started = time.time()
             t0 = time.perf_counter()
             ctx.start_cell(cell["index"], cell["source"])

@@ -99,6 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("-q", "--quiet", action="store_true")
 
+    for name, text in (
+        ("pause", "stop after the current cell, or stay put if suspended"),
+        ("unpause", "continue a paused instance"),
+        ("terminate", "end an instance for good (its kernel is killed)"),
+    ):
+        lc = sub.add_parser(name, help=text)
+        lc.add_argument("id")
+        lc.add_argument("--json", action="store_true")
+        lc.add_argument("-q", "--quiet", action="store_true")
+
+    rs = sub.add_parser("restart", help="drop checkpoints from a cell on and run from there")
+    rs.add_argument("id")
+    rs.add_argument("--from-cell", type=int, help="first cell to run again (default: 0)")
+    rs.add_argument("--json", action="store_true")
+    rs.add_argument("-q", "--quiet", action="store_true")
+
     sv = sub.add_parser("serve", help="run the engine of a home in the foreground")
     sv.add_argument(
         "--idle-timeout",
@@ -191,6 +207,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_here(eng: Any, args: argparse.Namespace) -> int:
+    progress = _BarProgress(not args.quiet)
+    try:
+        res = eng.resume(args.id, progress=progress)
+    finally:
+        progress.close()
+    _print_result(res, args.json, False)
+    return res.exit_code
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    from .control import RemoteEngine, open_engine
+
+    with open_engine(args.home, serve=True) as eng:
+        if args.command == "restart":
+            eng.restart(args.id, args.from_cell)
+            if isinstance(eng, RemoteEngine) or not eng.wakes_instances:
+                return _resume_here(eng, args)
+            return 0
+        if isinstance(eng, RemoteEngine):
+            answer = eng.lifecycle(args.command, args.id)
+            status, resumed = answer["status"], answer["resumed_by_engine"]
+        else:
+            status, resumed = getattr(eng, args.command)(args.id).value, False
+        if args.command == "unpause" and status == "queued" and not resumed:
+            return _resume_here(eng, args)  # nobody else would run it: run it now
+    if args.json:
+        print(json.dumps({"id": args.id, "status": status}))
+    else:
+        print(f"{args.id}: {status}", file=sys.stderr)
+    return 0
+
+
 def _send_event(args: argparse.Namespace) -> int:
     from .control import RemoteEngine, open_engine
 
@@ -202,13 +251,7 @@ def _send_event(args: argparse.Namespace) -> int:
             delivered, resumed = eng.send_event(args.id, args.name, args.data), False
         if delivered and not resumed:
             # no engine keeps running here: resume the instance in the foreground
-            progress = _BarProgress(not args.quiet)
-            try:
-                res = eng.resume(args.id, progress=progress)
-            finally:
-                progress.close()
-            _print_result(res, args.json, False)
-            return res.exit_code
+            return _resume_here(eng, args)
     what = "delivered; the engine resumes it" if delivered else "kept until it waits for it"
     if args.json:
         print(json.dumps({"id": args.id, "event": args.name, "delivered": delivered}))
@@ -224,6 +267,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "send-event":
         return _send_event(args)
+    if args.command in ("pause", "unpause", "terminate", "restart"):
+        return _lifecycle(args)
     if args.command == "run":
         params = dict(args.parameter)
         progress = _BarProgress(not args.quiet)

@@ -168,6 +168,12 @@ class ControlServer:
         if op == "end_session":
             eng.end_session(args["id"])
             return None
+        if op in ("pause", "unpause", "terminate"):
+            status = getattr(eng, op)(args["id"])
+            return {"status": status.value, "resumed_by_engine": eng.wakes_instances}
+        if op == "restart":
+            eng.restart(args["id"], args.get("from_cell"))
+            return None
         if op == "send_event":
             delivered = eng.send_event(args["id"], args["name"], args.get("data"))
             return {"delivered": delivered, "resumed_by_engine": delivered and eng.wakes_instances}
@@ -261,6 +267,13 @@ class RemoteEngine:
 
     def status(self, instance_id: str) -> InstanceStatus:
         return InstanceStatus.model_validate(self._call("status", id=instance_id))
+
+    def lifecycle(self, op: str, instance_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._call(op, id=instance_id)
+        return out
+
+    def restart(self, instance_id: str, from_cell: int | None = None) -> None:
+        self._call("restart", id=instance_id, from_cell=from_cell)
 
     def send_event(self, instance_id: str, name: str, data: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = self._call("send_event", id=instance_id, name=name, data=data)

@@ -24,6 +24,7 @@ from nbformat import NotebookNode
 from .blobs import BlobStore
 from .checkpoints import committed_prefix, restore_plan, step_record
 from .errors import BadInput, InvalidState, UnknownInstance, UnrestorableState
+from .lifecycle import Lifecycle
 from .models import (
     CellStatus,
     ErrorInfo,
@@ -42,7 +43,7 @@ from .notebook import (
     version_hash,
 )
 from .output import build_output, write_notebook
-from .pool import KernelPool
+from .pool import KernelPool, KernelProcess
 from .runner import CellPlan, CellResult, Runner
 from .store import Store
 from .suspensions import Suspensions
@@ -95,7 +96,7 @@ def check_instance_id(instance_id: str) -> str:
     return instance_id
 
 
-class Engine(Suspensions):
+class Engine(Suspensions, Lifecycle):
     def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
         self.home = resolve_home(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,8 @@ class Engine(Suspensions):
         self.pool = KernelPool(pool_size, log_dir=self.home / "logs")
         self._me = (os.getpid(), _proc_start(os.getpid()), socket.gethostname())
         self._active: set[str] = set()
+        self._kernels: dict[str, KernelProcess] = {}
+        self._terminating: set[str] = set()
         self.wakes_instances = False  # True in `durabook serve`: it resumes what it wakes
         self.woken: set[str] = set()
         self._lock = threading.Lock()
@@ -233,6 +236,12 @@ class Engine(Suspensions):
                 instance=instance_id,
                 status=status.value,
             )
+        if status == Status.PAUSED:
+            raise InvalidState(
+                f"instance {instance_id} is paused: `durabook unpause {instance_id}` continues it",
+                instance=instance_id,
+                status=status.value,
+            )
         if status in (Status.SLEEPING, Status.WAITING):
             self.tick()  # due already? then it is queued now
             inst = self._instance(instance_id)
@@ -313,7 +322,11 @@ class Engine(Suspensions):
         kernel = None
         futures: list[Future[Any]] = []
         try:
+            stop = self.stop_file(instance_id)
+            stop.unlink(missing_ok=True)
             kernel = self.pool.acquire()
+            with self._lock:
+                self._kernels[instance_id] = kernel
             runner = Runner(kernel)
 
             def on_step(res: CellResult) -> None:
@@ -327,6 +340,7 @@ class Engine(Suspensions):
                     "blobs": str(self.blobs.root),
                     "cwd": inst["cwd"],
                     "resolutions": inst["resolutions"],
+                    "stop_file": str(stop),
                 },
                 on_step,
                 timeout=timeout,
@@ -334,14 +348,26 @@ class Engine(Suspensions):
         except BaseException as exc:
             for f in futures:
                 f.exception()
-            err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
-            self._finish(inst, nb, Status.FAILED, todo[0].index if todo else None, err)
-            raise
+            with self._lock:
+                terminating = instance_id in self._terminating
+            if not (terminating and isinstance(exc, Exception)):
+                err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
+                self._finish(inst, nb, Status.FAILED, todo[0].index if todo else None, err)
+                raise
+            # `durabook terminate` closed the kernel under the runner: recorded below
         finally:
+            with self._lock:
+                self._kernels.pop(instance_id, None)
+                terminated = instance_id in self._terminating
+                self._terminating.discard(instance_id)
             if kernel is not None:
                 kernel.close()
         for f in futures:
             f.result()  # every step committed before the instance is declared done
+        if terminated:
+            return self._finish(inst, nb, Status.TERMINATED, None, None)
+        if outcome.paused:
+            return self._finish(inst, nb, Status.PAUSED, None, None)
         if outcome.suspended is not None:
             status, fields = self._suspension_fields(outcome.suspended)
             res = self._finish(inst, nb, status, None, None, **fields)

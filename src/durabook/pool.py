@@ -48,6 +48,8 @@ class KernelProcess:
     ) -> None:
         self.proc = proc
         self.lifeline = lifeline  # write end of the pipe the kernel watches
+        self._closed = False
+        self._close_lock = threading.Lock()
         self.kc = kc
         self.folder = folder
         self.log = log
@@ -135,12 +137,25 @@ class KernelProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL only: safe from any thread (the runner's thread notices and closes)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+
     def interrupt(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, signal.SIGINT)
 
     def close(self) -> None:
-        """Kill the kernel: a kernel serves one run and is never reused."""
+        """Kill the kernel: a kernel serves one run and is never reused. Idempotent (and
+        it must be: closing the lifeline fd twice could close whatever reused it)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.proc.poll() is None:  # kill first: a reader blocked on its sockets wakes up
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
         with contextlib.suppress(Exception):
             self.kc.stop_channels()
         if self.proc.poll() is None:

@@ -54,6 +54,7 @@ class RunOutcome:
     error: ErrorInfo | None = None
     restore_failed: bool = False
     stopped_early: bool = False  # a cell called sys.exit(0): done, later cells skipped
+    paused: bool = False  # `durabook pause`: stopped between cells
     suspended: dict[str, Any] | None = None  # durabook.sleep / wait_for_event request
     suspended_cell: CellPlan | None = None
     executed: int = 0
@@ -200,6 +201,8 @@ class Runner:
                         outcome.ok = False
                         outcome.failed = cell
                         outcome.error = ErrorInfo(**content["error"])
+                elif phase == "paused":
+                    outcome.paused = True
                 elif phase == "abort":
                     outcome.ok = False
                     outcome.error = ErrorInfo(**content["error"])
@@ -221,7 +224,7 @@ class Runner:
         if (
             outcome.ok
             and position < len(cells)
-            and not (outcome.stopped_early or outcome.suspended)
+            and not (outcome.stopped_early or outcome.suspended or outcome.paused)
         ):
             # the driver stopped without saying why: treat it as a failure, never as done
             outcome.ok = False

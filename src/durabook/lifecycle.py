@@ -1,0 +1,159 @@
+"""Instance lifecycle: pause, unpause, terminate, restart.
+
+- ``pause``: a running instance stops after its current cell (the driver checks
+  a stop file between cells); a queued, sleeping or waiting one stays put, its
+  timer and awaited event kept (events sent meanwhile are kept too).
+- ``unpause``: back to queued, sleeping or waiting, as it was.
+- ``terminate``: final; a running instance's kernel is killed.
+- ``restart``: checkpoints from cell N on are dropped and a new attempt runs
+  from there (from the start without N).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInput, InvalidState
+from .models import Status
+from .store import Store
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from .pool import KernelProcess
+    from .writer import Writer
+
+__all__ = ["Lifecycle"]
+
+
+class Lifecycle:
+    """Mixed into :class:`~durabook.engine.Engine`, which provides these."""
+
+    home: Path
+    store: Store
+    writer: Writer
+    woken: set[str]
+    wakes_instances: bool
+    _lock: threading.Lock
+    _active: set[str]
+    _kernels: dict[str, KernelProcess]
+    _terminating: set[str]
+
+    def _instance(self, instance_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
+        raise NotImplementedError
+
+    def stop_file(self, instance_id: str) -> Path:
+        return self.home / "run" / f"{instance_id}.pause"
+
+    def _running_here(self, instance_id: str) -> bool:
+        with self._lock:
+            return instance_id in self._active
+
+    def _set(self, instance_id: str, **fields: Any) -> None:
+        self.writer.call(lambda c: Store.update_instance(c, instance_id, **fields))
+
+    def pause(self, instance_id: str) -> Status:
+        inst = self._instance(instance_id)
+        status = Status(inst["status"])
+        if status == Status.PAUSED:
+            return status
+        if status == Status.RUNNING and self._running_here(instance_id):
+            path = self.stop_file(instance_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            return status  # it becomes paused when its current cell ends
+        if status not in (Status.QUEUED, Status.SLEEPING, Status.WAITING):
+            raise InvalidState(
+                f"instance {instance_id} is {status.value}: only queued, "
+                "running, sleeping or waiting instances pause",
+                instance=instance_id,
+                status=status.value,
+            )
+        self._set(instance_id, status=Status.PAUSED)
+        return Status.PAUSED
+
+    def unpause(self, instance_id: str) -> Status:
+        inst = self._instance(instance_id)
+        if Status(inst["status"]) != Status.PAUSED:
+            raise InvalidState(
+                f"instance {instance_id} is {inst['status']}, not paused",
+                instance=instance_id,
+                status=inst["status"],
+            )
+        req = inst["suspension"]
+        status = Status.QUEUED
+        if req:
+            status = Status.SLEEPING if req.get("kind") == "sleep" else Status.WAITING
+        self._set(instance_id, status=status)
+        if status == Status.QUEUED and self.wakes_instances:
+            self.woken.add(instance_id)
+        return status
+
+    def terminate(self, instance_id: str) -> Status:
+        inst = self._instance(instance_id)
+        status = Status(inst["status"])
+        if status.final:
+            raise InvalidState(
+                f"instance {instance_id} is already {status.value}",
+                instance=instance_id,
+                status=status.value,
+            )
+        if status == Status.RUNNING and self._running_here(instance_id):
+            with self._lock:
+                self._terminating.add(instance_id)
+                kernel = self._kernels.get(instance_id)
+            if kernel is not None:
+                kernel.kill()  # the runner sees it die; execute() records `terminated`
+            return Status.TERMINATED
+        self._set(
+            instance_id,
+            status=Status.TERMINATED,
+            wake_at=None,
+            waiting_for=None,
+            owner_pid=None,
+            owner_start=None,
+        )
+        return Status.TERMINATED
+
+    def restart(self, instance_id: str, from_cell: int | None = None) -> None:
+        """Drop the checkpoints of cells ``from_cell`` on and queue the instance again."""
+        inst = self._instance(instance_id)
+        status = Status(inst["status"])
+        if status in (Status.RUNNING, Status.TERMINATED):
+            raise InvalidState(
+                f"instance {instance_id} is {status.value}; it cannot restart",
+                instance=instance_id,
+                status=status.value,
+            )
+        nb = self.executed_notebook(inst)
+        start = 0 if from_cell is None else from_cell
+        if not 0 <= start < len(nb.cells):
+            raise BadInput(
+                f"--from-cell {from_cell} is not a cell of instance {instance_id} "
+                f"(0 to {len(nb.cells) - 1})"
+            )
+        kept = {k: v for k, v in inst["resolutions"].items() if int(k.split(":")[0]) < start}
+
+        def apply(c: Any) -> None:
+            Store.drop_steps(c, instance_id, start)
+            Store.update_instance(
+                c,
+                instance_id,
+                status=Status.QUEUED,
+                failed_cell=None,
+                error=None,
+                wake_at=None,
+                waiting_for=None,
+                suspension=None,
+                resolutions=kept,
+            )
+
+        self.writer.call(apply)
+        with contextlib.suppress(FileNotFoundError):
+            self.stop_file(instance_id).unlink()
