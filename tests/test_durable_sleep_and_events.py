@@ -208,3 +208,71 @@ def test_serve_fires_timers_and_survives_sigkill(home: Path, tmp_path: Path):
     finally:
         engine.send_signal(signal.SIGTERM)
         engine.wait(timeout=30)
+
+
+def test_code_above_a_sleep_is_warned_about(home: Path, tmp_path: Path):
+    nb = write_nb(
+        tmp_path / "warn.ipynb",
+        [
+            "import durabook",
+            "x = 1\ndurabook.sleep(0.2)",
+            "# a comment is fine above it\ndurabook.sleep(0.2)",
+        ],
+    )
+    client = Client()
+    res = client.run(nb)
+    time.sleep(0.3)
+    res = client.resume(res.id)
+    time.sleep(0.3)
+    res = client.resume(res.id)
+    assert res.status == Status.COMPLETED
+    texts = outputs_text(res.output or "")
+    assert "code above sleep() in this cell runs again" in texts[1]
+    assert texts[2] == ""
+
+
+def test_an_instance_running_when_the_engine_dies_resumes_from_its_last_commit(
+    home: Path, tmp_path: Path
+):
+    log, gate, started = tmp_path / "log", tmp_path / "gate", tmp_path / "started"
+    nb = write_nb(
+        tmp_path / "r.ipynb",
+        [
+            f"with open({str(log)!r}, 'a') as fh:\n    fh.write('a\\n')",
+            f"import os, time\nopen({str(started)!r}, 'w').close()\n"
+            f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)",
+            "print('done')",
+        ],
+    )
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "durabook", "serve"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert engine.stderr is not None and "durabook engine" in engine.stderr.readline()
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "durabook", "run", str(nb), "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert runner.stdout is not None
+        iid = runner.stdout.readline().strip()
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        engine.send_signal(signal.SIGKILL)  # the run executes inside the engine
+        engine.wait(timeout=30)
+        runner.communicate(timeout=60)
+        gate.touch()
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "durabook", "serve"], stderr=subprocess.PIPE, text=True
+        )
+        assert engine.stderr is not None and "durabook engine" in engine.stderr.readline()
+        st = _poll(iid, "completed")
+        assert outputs_text(st["output"])[2] == "done\n"
+        assert log.read_text() == "a\n"  # the committed cell did not run again
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        engine.wait(timeout=30)

@@ -145,3 +145,24 @@ def test_run_with_the_same_id_never_makes_two_instances(home: Path, tmp_path: Pa
     err = cli("run", str(nb), "--id", "nightly-2026-11-24", "--if-exists", "error")
     assert err.returncode == 2 and "already exists" in err.stderr
     assert os.path.exists(home / "durabook.duckdb")
+
+
+def test_python_client_lifecycle(home: Path, tmp_path: Path):
+    client = Client()
+    waiting = client.run(
+        write_nb(
+            tmp_path / "w.ipynb",
+            ["import durabook\ngot = durabook.wait_for_event('go')", "print(got)"],
+        )
+    )
+    assert client.pause(waiting.id).status == Status.PAUSED
+    assert client.send_event(waiting.id, "go", {"n": 1}).status == Status.PAUSED  # kept
+    st = client.unpause(waiting.id)
+    assert st.status == Status.WAITING  # it waits again; the kept event is there for it
+    assert client.resume(waiting.id).status == Status.COMPLETED
+    assert outputs_text(client.status(waiting.id).output or "")[1] == "{'n': 1}\n"
+
+    sleeper = client.run(write_nb(tmp_path / "s.ipynb", ["import durabook\ndurabook.sleep('1d')"]))
+    assert client.terminate(sleeper.id).status == Status.TERMINATED
+    again = client.restart(client.run(write_nb(tmp_path / "o.ipynb", ["x = 1"])).id)
+    assert again.status == Status.COMPLETED

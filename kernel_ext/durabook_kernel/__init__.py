@@ -96,6 +96,12 @@ def load_ipython_extension(ip: Any) -> None:
         ip.events.register("post_run_cell", ext.post_run_cell)
         ip.register_magic_function(lambda line: durabook_magic(ip, ext, line), "line", "durabook")
         atexit.register(ext.close)
+
+        def step(line: str, cell: str) -> None:
+            # by hand, %%step just runs its body: retries and timeouts need a durable run
+            exec(compile(cell, "<%%step>", "exec"), ip.user_ns)
+
+        ip.register_magic_function(step, "cell", "step")
         ext._hooked = True  # type: ignore[attr-defined]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .control import RemoteEngine, open_engine
 from .engine import Engine, Progress, resolve_home
-from .models import InstanceStatus, InstanceSummary, RunResult
+from .models import InstanceStatus, InstanceSummary, RunResult, Status
 
 __all__ = ["Client"]
 
@@ -58,3 +58,49 @@ class Client:
     def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
         with self.engine() as eng:
             return eng.list(status, limit)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def send_event(self, id: str, name: str, data: Any = None) -> InstanceStatus:
+        """Send an event (``data``: anything JSON can hold). Without an engine running for
+        this home, a waiting instance it wakes is resumed here, in the foreground."""
+        import json
+
+        text = None if data is None else json.dumps(data)
+        with self.engine() as eng:
+            if isinstance(eng, RemoteEngine):
+                answer = eng.send_event(id, name, text)
+                if answer["delivered"] and not answer["resumed_by_engine"]:
+                    eng.resume(id)
+            elif eng.send_event(id, name, text):
+                eng.resume(id)
+            return eng.status(id)
+
+    def _lifecycle(self, op: str, id: str) -> InstanceStatus:
+        with self.engine() as eng:
+            if isinstance(eng, RemoteEngine):
+                answer = eng.lifecycle(op, id)
+                if (
+                    op == "unpause"
+                    and answer["status"] == "queued"
+                    and not (answer["resumed_by_engine"])
+                ):
+                    eng.resume(id)
+            elif getattr(eng, op)(id) == Status.QUEUED and op == "unpause":
+                eng.resume(id)
+            return eng.status(id)
+
+    def pause(self, id: str) -> InstanceStatus:
+        """A running instance stops after its current cell; a suspended one stays put."""
+        return self._lifecycle("pause", id)
+
+    def unpause(self, id: str) -> InstanceStatus:
+        return self._lifecycle("unpause", id)
+
+    def terminate(self, id: str) -> InstanceStatus:
+        return self._lifecycle("terminate", id)
+
+    def restart(self, id: str, from_cell: int | None = None) -> RunResult:
+        """Drop the checkpoints of cells ``from_cell`` on (all by default) and run again."""
+        with self.engine() as eng:
+            eng.restart(id, from_cell)
+            return eng.resume(id)

@@ -26,7 +26,6 @@ from .checkpoints import committed_prefix, restore_plan, step_record
 from .errors import BadInput, InvalidState, UnknownInstance, UnrestorableState
 from .lifecycle import Lifecycle
 from .models import (
-    CellStatus,
     ErrorInfo,
     InstanceStatus,
     InstanceSummary,
@@ -45,6 +44,8 @@ from .notebook import (
 from .output import build_output, write_notebook
 from .pool import KernelPool, KernelProcess
 from .runner import CellPlan, CellResult, Runner
+from .sessions import INTERACTIVE, Sessions
+from .steps import cell_body, check_step_options, step_options
 from .store import Store
 from .suspensions import Suspensions
 from .writer import Writer
@@ -52,7 +53,7 @@ from .writer import Writer
 __all__ = ["Engine", "Progress", "resolve_home"]
 
 OUTPUTS_INLINE_LIMIT = 64 * 1024
-INTERACTIVE = "interactive"  # the version of a session checkpointed by %load_ext
+IN_PROCESS_RETRY_MAX = 5.0  # seconds: longer retry delays suspend the instance
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -96,7 +97,7 @@ def check_instance_id(instance_id: str) -> str:
     return instance_id
 
 
-class Engine(Suspensions, Lifecycle):
+class Engine(Suspensions, Lifecycle, Sessions):
     def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
         self.home = resolve_home(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ class Engine(Suspensions, Lifecycle):
         self.wakes_instances = False  # True in `durabook serve`: it resumes what it wakes
         self.woken: set[str] = set()
         self._lock = threading.Lock()
-        self.recovered = self.recover_orphans()
+        self.recover_orphans()
 
     def close(self) -> None:
         self.pool.close()
@@ -148,6 +149,7 @@ class Engine(Suspensions, Lifecycle):
             nb = strip_injected(load_notebook(notebook))
             path = Path(notebook).absolute()
         params = coerce_parameters(nb, parameters or {}, from_text=from_text)
+        check_step_options(inject_parameters(nb, params))
         if instance_id is not None:
             check_instance_id(instance_id)
             if self.store.instance_row(instance_id) is not None:
@@ -274,6 +276,7 @@ class Engine(Suspensions, Lifecycle):
     def _switch_version(self, inst: dict[str, Any], notebook: str | os.PathLike[str]) -> None:
         """Resume with an edited notebook: keep checkpoints up to the first changed cell."""
         new = strip_injected(load_notebook(notebook))
+        check_step_options(inject_parameters(new, inst["parameters"]))
         old_exec = self.executed_notebook(inst)
         new_exec = inject_parameters(new, inst["parameters"])
         latest, _ = self.store.latest_steps(inst["id"])
@@ -316,7 +319,19 @@ class Engine(Suspensions, Lifecycle):
                 failed,
                 ErrorInfo(ename="UnrestorableState", evalue=exc.message),
             )
-        todo = [CellPlan(i, c.get("id"), c.source, source_hash(c.source)) for i, c in code[done:]]
+        todo = []
+        for i, c in code[done:]:
+            opts = step_options(c, i)
+            todo.append(
+                CellPlan(
+                    i,
+                    c.get("id"),
+                    cell_body(c.source),
+                    source_hash(c.source),
+                    opts.timeout if opts else None,
+                    opts,
+                )
+            )
         self._claim(instance_id)
         progress.start(instance_id, len(code), done)
         kernel = None
@@ -377,7 +392,36 @@ class Engine(Suspensions, Lifecycle):
         if outcome.ok:
             return self._finish(inst, nb, Status.COMPLETED, None, None)
         failed = outcome.failed.index if outcome.failed else (todo[0].index if todo else None)
-        return self._finish(inst, nb, Status.FAILED, failed, outcome.error)
+        delay = outcome.error.retry_in_s if outcome.error else None
+        if delay is None:
+            return self._finish(inst, nb, Status.FAILED, failed, outcome.error)
+        return self._retry(inst, nb, failed, outcome.error, delay, progress, timeout)
+
+    def _retry(
+        self,
+        inst: dict[str, Any],
+        nb: NotebookNode,
+        failed: int | None,
+        error: ErrorInfo | None,
+        delay: float,
+        progress: Progress,
+        timeout: float | None,
+    ) -> RunResult:
+        """A %%step retry: a fresh kernel restored to the state before the cell. Short
+        delays wait here; longer ones sleep durably, holding no process."""
+        iid = inst["id"]
+        if delay > IN_PROCESS_RETRY_MAX:
+            request = {
+                "kind": "sleep",
+                "key": f"retry:{failed}:{time.time_ns()}",
+                "until": time.time() + delay,
+                "retry_of": failed,
+            }
+            status, fields = self._suspension_fields(request)
+            return self._finish(inst, nb, status, failed, error, **fields)
+        self._finish(inst, nb, Status.QUEUED, failed, error)
+        time.sleep(delay)
+        return self.execute(iid, progress, timeout)
 
     def _claim(self, instance_id: str) -> None:
         pid, start, host = self._me
@@ -404,6 +448,9 @@ class Engine(Suspensions, Lifecycle):
         c = res.content
         index = res.cell.index
         attempts[index] = attempts.get(index, 0) + 1
+        opts = res.cell.options
+        if not res.ok and c.get("error") and opts is not None and attempts[index] <= opts.retries:
+            c["error"]["retry_in_s"] = opts.delay_before(attempts[index])
         step = step_record(
             instance_id,
             index,
@@ -515,75 +562,6 @@ class Engine(Suspensions, Lifecycle):
             self._finish(inst, nb, Status.FAILED, failed, err)
             found.append(inst["id"])
         return found
-
-    # -- interactive sessions (%load_ext durabook.kernel) -------------------------------
-    def open_session(self, notebook: str, pid: int, cwd: str | None = None) -> str:
-        iid = _new_id()
-        row: dict[str, Any] = {
-            "id": iid,
-            "notebook": notebook,
-            "version": INTERACTIVE,
-            "status": Status.RUNNING.value,
-            "parameters": {},
-            "output": None,
-            "cwd": cwd,
-        }
-
-        def apply(c: Any) -> None:
-            Store.insert_instance(c, row)
-            Store.update_instance(
-                c, iid, owner_pid=pid, owner_start=_proc_start(pid), owner_host=self._me[2]
-            )
-
-        self.writer.call(apply)
-        return iid
-
-    def commit_interactive(self, instance_id: str, step: dict[str, Any]) -> None:
-        """One cell run by hand: committed before the kernel's next cell starts."""
-        inst = self._instance(instance_id)
-        if inst["version"] != INTERACTIVE or Status(inst["status"]) != Status.RUNNING:
-            raise InvalidState(f"instance {instance_id} is not an open interactive session")
-        index = int(step["index"])
-        rec = step_record(
-            instance_id,
-            index,
-            step.get("cell_id") or f"session-{index}",
-            source_hash(step["source"]),
-            step["status"] == "ok",
-            1,
-            step,
-        )
-        row = Store.step_row(
-            rec, time.time_ns(), json.dumps(step.get("outputs") or []), None, step["source"]
-        )
-        self.writer.submit_steps([row]).result()
-
-    def end_session(self, instance_id: str, status: Status = Status.COMPLETED) -> None:
-        self.writer.call(
-            lambda c: Store.update_instance(
-                c, instance_id, status=status, owner_pid=None, owner_start=None
-            )
-        )
-
-    def session_restore_plan(self, instance_id: str) -> dict[str, Any]:
-        """The state after a session's last successful cell, for ``%durabook restore``."""
-        inst = self._instance(instance_id)
-        nb = self.executed_notebook(inst)
-        code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        latest, _ = self.store.latest_steps(instance_id)
-        ok = [(i, c) for i, c in code if latest[i]["status"] == CellStatus.COMMITTED.value]
-        plan = restore_plan(ok, latest, len(ok))
-        return {**plan.to_plan(), "blobs": str(self.blobs.root)}
-
-    def _session_notebook(self, instance_id: str) -> NotebookNode:
-        latest, _ = self.store.latest_steps(instance_id)
-        cells = []
-        for index in range(max(latest, default=-1) + 1):
-            row = latest.get(index)
-            cell = nbformat.v4.new_code_cell(row["source"] or "" if row else "")
-            cell.id = row["cell_id"] if row and row["cell_id"] else f"session-{index}"
-            cells.append(cell)
-        return nbformat.v4.new_notebook(cells=cells)
 
     # -- queries --------------------------------------------------------------------
     def status(self, instance_id: str) -> InstanceStatus:

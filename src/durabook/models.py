@@ -55,6 +55,7 @@ class ErrorInfo(BaseModel):
     ename: str
     evalue: str
     traceback: list[str] = Field(default_factory=list)
+    retry_in_s: float | None = None  # set when a %%step retry follows this failure
 
 
 class VarRef(BaseModel):
@@ -102,6 +103,8 @@ class CellState(BaseModel):
     attempts: int = 0
     started_at: datetime | None = None
     duration_ms: float | None = None
+    name: str | None = None  # the %%step name
+    error: ErrorInfo | None = None  # the latest attempt's, when it failed
     unserializable: dict[str, UnserializableVar] = Field(default_factory=dict)
 
 

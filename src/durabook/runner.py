@@ -35,8 +35,10 @@ _OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
 class CellPlan:
     index: int
     cell_id: str
-    source: str
-    source_hash: str
+    source: str  # what the kernel runs (without a %%step line)
+    source_hash: str  # of the cell as written
+    timeout: float | None = None  # %%step --timeout, else the run's
+    options: Any = None  # StepOptions
 
 
 @dataclass
@@ -150,18 +152,19 @@ class Runner:
         cell_started = time.monotonic()
         interrupted_at: float | None = None
         while True:
-            if timeout is not None and restored and position < len(cells):
+            limit = cells[position].timeout or timeout if position < len(cells) else None
+            if limit is not None and restored:
                 now = time.monotonic()
-                if interrupted_at is None and now - cell_started > timeout:
+                if interrupted_at is None and now - cell_started > limit:
                     interrupted_at = now
                     self.kernel.interrupt()
                 elif interrupted_at is not None and now - interrupted_at > KILL_GRACE:
                     self.kernel.close()  # it ignored the interrupt: the kernel goes
                     dead = self._dead(cells, position, restored, outcome)
-                    dead.error = self._timeout_error(cells[position], timeout, killed=True)
+                    dead.error = self._timeout_error(cells[position], limit, killed=True)
                     return dead
             try:
-                m = kc.iopub_channel.get_msg(timeout=0.1 if timeout else 0.25)
+                m = kc.iopub_channel.get_msg(timeout=0.1 if limit else 0.25)
             except queue.Empty:
                 if not self.kernel.alive():
                     return self._dead(cells, position, restored, outcome)
@@ -189,7 +192,8 @@ class Runner:
                         outcome.suspended_cell = cell
                         continue
                     if interrupted_at is not None and content.get("status") == "error":
-                        content["error"] = self._timeout_error(cell, timeout or 0).model_dump()
+                        limit = cell.timeout or timeout or 0
+                        content["error"] = self._timeout_error(cell, limit).model_dump()
                     interrupted_at = None
                     ok = content.get("status") in ("ok", "exit")
                     on_step(CellResult(cell, ok, outputs.take(), content))

@@ -51,8 +51,10 @@ def serve(
     for inst in eng.store.instances_with_status(Status.QUEUED.value):
         if inst["resolutions"] or inst["version"] != "interactive":
             start(inst["id"])
-    for iid in eng.recovered:
-        start(iid)
+    # runs whose runner or engine died: whoever noticed first marked them RunnerDied
+    for inst in eng.store.instances_with_status(Status.FAILED.value):
+        if (inst["error"] or {}).get("ename") == "RunnerDied":
+            start(inst["id"])
     if ready is not None:
         ready.set()
     try:

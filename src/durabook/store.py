@@ -303,6 +303,7 @@ class Store:
                     status=status,
                     attempts=attempts[index],
                     started_at=_aware(row["started_at"]) if row["started_at"] else None,
+                    error=ErrorInfo(**json.loads(row["error"])) if row["error"] else None,
                     duration_ms=row["duration_ms"],
                     unserializable=unser,
                 )
