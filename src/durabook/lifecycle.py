@@ -142,17 +142,7 @@ class Lifecycle:
 
         def apply(c: Any) -> None:
             Store.drop_steps(c, instance_id, start)
-            Store.update_instance(
-                c,
-                instance_id,
-                status=Status.QUEUED,
-                failed_cell=None,
-                error=None,
-                wake_at=None,
-                waiting_for=None,
-                suspension=None,
-                resolutions=kept,
-            )
+            Store.requeue(c, instance_id, failed_cell=None, error=None, resolutions=kept)
 
         self.writer.call(apply)
         with contextlib.suppress(FileNotFoundError):

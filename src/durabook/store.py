@@ -140,6 +140,19 @@ class Store:
         c.execute(f"UPDATE instances SET {sets} WHERE id = ?", [*fields.values(), instance_id])
 
     @staticmethod
+    def requeue(c: Any, instance_id: str, **fields: Any) -> None:
+        """Queue an instance again, no longer suspended (woken, or restarted)."""
+        Store.update_instance(
+            c,
+            instance_id,
+            status=Status.QUEUED,
+            wake_at=None,
+            waiting_for=None,
+            suspension=None,
+            **fields,
+        )
+
+    @staticmethod
     def insert_steps(c: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         """One multi-row INSERT: a statement costs ~0.5 ms in DuckDB, a row far less."""
         if not rows:

@@ -42,15 +42,7 @@ def _resolve(
     row = c.execute("SELECT resolutions FROM instances WHERE id = ?", [instance_id]).fetchone()
     resolutions = json.loads(row[0]) if row and row[0] else {}
     resolutions[key] = resolution
-    Store.update_instance(
-        c,
-        instance_id,
-        status=Status.QUEUED,
-        resolutions=resolutions,
-        wake_at=None,
-        waiting_for=None,
-        suspension=None,
-    )
+    Store.requeue(c, instance_id, resolutions=resolutions)
     if event_seq is not None:
         c.execute(
             "UPDATE events SET delivered_at = ?, delivered_key = ? WHERE seq = ?",
