@@ -209,11 +209,8 @@ async def _restore(shell: Any, tracker: Any, plan: dict[str, Any]) -> bool:
             )
             return False
         rebuilt.extend(cell.get("names", []))
-    # a replayed cell may also have re-assigned saved variables: put the saved ones back
-    for name, obj in loaded.items():
-        if name not in rebuilt:
-            shell.user_ns[name] = obj
-    missing = [n for n in rebuilt if n not in shell.user_ns]
+    # a replayed cell may also have re-assigned saved variables: the saved ones win
+    missing = tracker.finish_restore(refs, loaded, rebuilt)
     if missing:
         _publish(
             shell,
@@ -228,7 +225,6 @@ async def _restore(shell: Any, tracker: Any, plan: dict[str, Any]) -> bool:
             },
         )
         return False
-    tracker.mark_restored(refs, rebuilt)
     _publish(
         shell,
         {

@@ -165,10 +165,7 @@ def durabook_magic(shell: Any, ext: Any, line: str) -> None:
             if not res.success:
                 raise RuntimeError(f"replaying cell {cell['index']} failed")
             rebuilt += cell["names"]
-        for name, obj in loaded.items():
-            if name not in rebuilt:
-                shell.user_ns[name] = obj
-        tracker.mark_restored(plan["restore"], rebuilt)
+        tracker.finish_restore(plan["restore"], loaded, rebuilt)
         names = sorted(n for n in loaded if not n.startswith("__"))
         print(f"restored {len(names)} variables from {args[1]}: {', '.join(names)}")
         return

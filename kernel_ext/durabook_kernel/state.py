@@ -198,6 +198,17 @@ class StateTracker:
             self._np_random_digest = refs[NP_RANDOM_KEY]["digest"]
         return loaded
 
+    def finish_restore(
+        self, refs: dict[str, dict[str, Any]], loaded: dict[str, Any], rebuilt: list[str]
+    ) -> list[str]:
+        """After replayed cells ran: put back the saved values they re-assigned, remember
+        what is saved. Returns the names the replays should have rebuilt but did not."""
+        for name, obj in loaded.items():
+            if name not in rebuilt:
+                self.user_ns[name] = obj
+        self.mark_restored(refs, rebuilt)
+        return [n for n in rebuilt if n not in self.user_ns]
+
     def mark_restored(self, refs: dict[str, dict[str, Any]], rebuilt: list[str]) -> None:
         """Remember restored values as saved, so the next checkpoint writes only changes."""
         self.known.clear()

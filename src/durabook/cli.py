@@ -173,11 +173,6 @@ def _print_status(st: InstanceStatus) -> None:
         print(f"  [{c.index:>3}] {c.status.value:<9} x{c.attempts} {dur}  {c.cell_id}{extra}")
 
 
-def _status_json(st: InstanceStatus) -> dict[str, Any]:
-    d = st.model_dump(mode="json")
-    return d
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -210,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _resume_here(eng: Any, args: argparse.Namespace) -> int:
     progress = _BarProgress(not args.quiet)
     try:
-        res = eng.resume(args.id, progress=progress)
+        res = eng.resume(args.id, getattr(args, "notebook", None), progress=progress)
     finally:
         progress.close()
     _print_result(res, args.json, False)
@@ -297,19 +292,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_result(res, args.json, printed)
         return res.exit_code
     if args.command == "resume":
-        progress = _BarProgress(not args.quiet)
         with open_engine(args.home, serve=True) as eng:
-            try:
-                res = eng.resume(args.id, args.notebook, progress=progress)
-            finally:
-                progress.close()
-        _print_result(res, args.json, False)
-        return res.exit_code
+            return _resume_here(eng, args)
     if args.command == "status":
         with open_engine(args.home) as eng:
             st = eng.status(args.id)
         if args.json:
-            print(json.dumps(_status_json(st)))
+            print(json.dumps(st.model_dump(mode="json")))
         else:
             _print_status(st)
         return 0
