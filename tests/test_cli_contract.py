@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from durabook import Client, InstanceStatus, RunResult, Status
+from durabook.engine import Engine
 
-from .conftest import cli, cli_json, write_nb
+from .conftest import cli, cli_json, outputs_text, write_nb
 
 
 def test_run_prints_the_id_first_and_json_on_request(home: Path, tmp_path: Path):
@@ -88,3 +92,79 @@ def test_home_defaults_to_dot_durabook_in_the_working_directory(tmp_path: Path, 
     assert proc.returncode == 0
     assert (tmp_path / ".durabook" / "durabook.duckdb").exists()
     assert (tmp_path / ".durabook" / "blobs").is_dir()
+
+
+def test_the_replay_tag_added_on_resume_rebuilds_unsaveable_state(home: Path, tmp_path: Path):
+    """What the UnrestorableState message advises works: tag the cell, resume --notebook."""
+    counts, data, flag = tmp_path / "counts", tmp_path / "data.txt", tmp_path / "flag"
+    counts.mkdir()
+    data.write_text("hello")
+
+    def counted(name: str, body: str) -> str:
+        return f"with open({str(counts / name)!r}, 'a') as _f:\n    _f.write('.')\n{body}"
+
+    cells: list[Any] = [
+        counted("c0", "x = 1"),
+        counted("c1", f"fh = open({str(data)!r})"),  # an open file: cannot be saved
+        f"import os\nassert os.path.exists({str(flag)!r}), 'no flag yet'\nprint(fh.read(), x)",
+    ]
+    nb = write_nb(tmp_path / "wf.ipynb", cells)
+    code, res = cli_json("run", str(nb), "-q")
+    assert code == 1 and res["failed_cell"] == 2
+    flag.touch()
+
+    proc = cli("resume", res["id"], "-q")
+    assert proc.returncode == 1
+    assert "UnrestorableState: cannot restore 'fh'" in proc.stderr
+    assert "tag 'durabook-replay'" in proc.stderr
+
+    cells[1] = (cells[1], ["durabook-replay"])  # the only change: a tag
+    edited = write_nb(tmp_path / "edited.ipynb", cells)
+    code, res = cli_json("resume", res["id"], "--notebook", str(edited), "-q")
+    assert code == 0, res
+    assert outputs_text(res["output"])[2] == "hello 1\n"
+    assert (counts / "c0").read_text() == "."  # committed before the change: not run again
+    assert (counts / "c1").read_text() == ".."  # replayed once, to reopen the file
+
+
+def _closed_stdout(*args: str) -> tuple[int, str]:
+    """Run the CLI with nobody reading its stdout (`durabook ... | head -0`)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durabook", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the child writes: its first write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_a_closed_stdout_gives_no_traceback(home: Path, tmp_path: Path):
+    nb = write_nb(tmp_path / "ok.ipynb", ["x = 1"])
+    iid = Client().run(nb).id
+    for args in (("list",), ("status", iid), ("list", "--json"), ("status", iid, "--json")):
+        code, err = _closed_stdout(*args)
+        assert err == "", args
+        assert code == 141, args  # 128 + SIGPIPE, as `yes | head -1` reports
+    code, err = _closed_stdout("run", str(nb), "-q")  # the id cannot be printed: runs anyway
+    assert "Traceback" not in err and "completed" in err
+    assert code == 0
+    assert [i.status for i in Client().list()] == [Status.COMPLETED, Status.COMPLETED]
+
+
+def test_list_piped_into_head(home: Path, tmp_path: Path):
+    nb = write_nb(tmp_path / "ok.ipynb", ["x = 1"])
+    with Engine() as eng:  # more lines than a pipe holds: `list` blocks, then head exits
+        for _ in range(1000):
+            eng.create(nb)
+    proc = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$0" -m durabook list | head -1', sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stderr == ""
+    assert len(proc.stdout.splitlines()) == 1 and "queued" in proc.stdout
+    assert proc.returncode == 141

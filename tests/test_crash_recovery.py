@@ -73,12 +73,15 @@ def test_kernel_sigkill_fails_the_cell_and_resume_continues(home: Path, tmp_path
     _, st = cli_json("status", res["id"])
     assert st["error"]["ename"] == "DeadKernelError"
     assert "cell 2" in st["error"]["evalue"] and "signal 9" in st["error"]["evalue"]
+    assert st["cells"][2]["status"] == "failed" and st["cells"][2]["attempts"] == 1
 
     (tmp_path / "release").touch()
     done = Client().resume(res["id"])
     assert done.status == Status.COMPLETED
     assert outputs_text(done.output)[3] == "total 15\n"
     assert (tmp_path / "log.txt").read_text() == "step1\n"
+    # the killed attempt counts: the cell ran twice in all
+    assert Client().status(res["id"]).cells[2].attempts == 2
 
 
 def _kill_runner_mid_run(tmp_path: Path) -> tuple[str, int]:
@@ -110,7 +113,9 @@ def test_runner_sigkill_is_detected_and_resumed_from_last_commit(home: Path, tmp
     assert mine["status"] == "failed" and mine["failed_cell"] == 2
     code, st = cli_json("status", iid)
     assert st["error"]["ename"] == "RunnerDied"
-    assert [c["status"] for c in st["cells"]] == ["committed", "committed", "pending", "pending"]
+    # the cell the kill interrupted is a failed attempt: retry budgets see it
+    assert [c["status"] for c in st["cells"]] == ["committed", "committed", "failed", "pending"]
+    assert st["cells"][2]["attempts"] == 1 and st["cells"][2]["error"]["ename"] == "RunnerDied"
 
     (tmp_path / "release").touch()
     res = cli("resume", iid, "--json", "-q")

@@ -88,7 +88,7 @@ def test_an_event_sent_before_the_wait_is_not_lost(home: Path, tmp_path: Path):
     nb = write_nb(
         tmp_path / "early.ipynb",
         [
-            "import durabook\ndurabook.sleep(0.5)",
+            "import durabook\ndurabook.sleep('1s')",
             "got = durabook.wait_for_event('go')\nprint(got)",
         ],
     )
@@ -97,7 +97,7 @@ def test_an_event_sent_before_the_wait_is_not_lost(home: Path, tmp_path: Path):
     assert res.status == Status.SLEEPING
     code, out = cli_json("send-event", res.id, "go", "--data", "[1, 2]")
     assert code == 0 and out == {"id": res.id, "event": "go", "delivered": False}
-    time.sleep(0.6)
+    time.sleep(1.1)
     done = client.resume(res.id)  # sleeps no more, then finds the event waiting
     assert done.status == Status.COMPLETED
     assert outputs_text(done.output or "")[1] == "[1, 2]\n"
@@ -215,15 +215,15 @@ def test_code_above_a_sleep_is_warned_about(home: Path, tmp_path: Path):
         tmp_path / "warn.ipynb",
         [
             "import durabook",
-            "x = 1\ndurabook.sleep(0.2)",
-            "# a comment is fine above it\ndurabook.sleep(0.2)",
+            "x = 1\ndurabook.sleep('1s')",
+            "# a comment is fine above it\ndurabook.sleep('1s')",
         ],
     )
     client = Client()
     res = client.run(nb)
-    time.sleep(0.3)
+    time.sleep(1.1)
     res = client.resume(res.id)
-    time.sleep(0.3)
+    time.sleep(1.1)
     res = client.resume(res.id)
     assert res.status == Status.COMPLETED
     texts = outputs_text(res.output or "")

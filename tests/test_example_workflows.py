@@ -58,7 +58,7 @@ def test_billing_without_approval_times_out_and_cancels(home: Path, tmp_path: Pa
 def test_media_pipeline_sleeps_between_stages(home: Path, tmp_path: Path):
     nb = shutil.copy(WORKFLOWS / "media_pipeline.ipynb", tmp_path)
     client = Client()
-    res = client.run(nb, {"settle": "0.2s", "embargo": "0.3s"})
+    res = client.run(nb, {"settle": "1s", "embargo": "1s"})
     statuses = [res.status]
     while res.status == Status.SLEEPING:
         wake = client.status(res.id).wake_at

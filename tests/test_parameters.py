@@ -113,3 +113,119 @@ def test_a_notebook_without_parameters_cell_takes_none(home: Path, tmp_path: Pat
     proc = cli("run", str(plain), "-p", "x", "2")
     assert proc.returncode == 2
     assert "no cell tagged 'parameters'" in proc.stderr
+
+
+def test_values_that_start_with_a_dash_are_taken_verbatim(home: Path, tmp_path: Path):
+    nb = write_nb(
+        tmp_path / "dash.ipynb",
+        [
+            ("d = '1m'\nn = 1\nratio = 0.5\nname = 'x'", ["parameters"]),
+            "print(repr((d, n, ratio, name)))",
+        ],
+    )
+    # papermill takes the two tokens after -p as they are; so does durabook
+    proc = cli(
+        "run",
+        str(nb),
+        "-q",
+        "-p",
+        "d",
+        "-5m",
+        "-p",
+        "n",
+        "-3",
+        "--parameter",
+        "ratio",
+        "-1e-3",
+        "-p",
+        "name",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    iid = proc.stdout.splitlines()[0]  # "--json" was a value, not the option
+    st = Client().status(iid)
+    assert st.parameters == {"d": "-5m", "n": -3, "ratio": -0.001, "name": "--json"}
+    assert outputs_text(st.output or "")[2] == "('-5m', -3, -0.001, '--json')\n"
+
+
+def test_a_missing_parameter_value_is_still_bad_input(home: Path, nb: Path):
+    proc = cli("run", str(nb), "-p", "rows")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: argument -p/--parameter: expected 2 arguments")
+
+
+def test_nan_and_infinities_reach_the_cell_as_floats(home: Path, tmp_path: Path):
+    nb = write_nb(
+        tmp_path / "nan.ipynb",
+        [
+            (
+                "ratio = 0.5\nlow = 0.0\nhigh = 1.0\ntags = []\nopts = {}\nanything = None",
+                ["parameters"],
+            ),
+            "import math\n"
+            "print(math.isnan(ratio), low == -math.inf, high == math.inf)\n"
+            "print(math.isnan(tags[0]), tags[1:], math.isnan(opts['x']['y']), opts['z'])\n"
+            "print(anything)",
+        ],
+    )
+    proc = cli(
+        "run",
+        str(nb),
+        "-q",
+        "-p",
+        "ratio",
+        "nan",
+        "-p",
+        "low",
+        "-inf",
+        "-p",
+        "high",
+        "inf",
+        "-p",
+        "tags",
+        "[NaN, Infinity, -Infinity]",
+        "-p",
+        "opts",
+        '{"x": {"y": NaN}, "z": [1]}',
+        "-p",
+        "anything",
+        "-Infinity",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = outputs_text(Client().status(proc.stdout.split()[0]).output or "")
+    assert out[2] == "True True True\nTrue [inf, -inf] True [1]\n-inf\n"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        -0.0,
+        1e308,
+        [float("nan"), [float("inf")], {"k": -float("inf")}],
+        {"a": (1, float("nan")), 2: (float("inf"),), "e": ()},
+        "nan",
+        None,
+        True,
+    ],
+)
+def test_injected_values_are_python_source_for_the_same_value(value: object):
+    from durabook.notebook import python_source
+
+    src = python_source(value)
+    back = eval(src, {"__builtins__": {"float": float}})
+    assert repr(back) == repr(value)
+    assert type(back) is type(value)
+
+
+def test_a_deeply_nested_parameter_is_bad_input(home: Path, nb: Path):
+    deep = "[" * 50_000 + "]" * 50_000  # json.loads itself gives up (RecursionError)
+    not_so = "[" * 500 + "]" * 500  # json.loads copes; rendering and storing would not
+    for value in (deep, not_so):
+        proc = cli("run", str(nb), "-p", "tags", value)
+        assert proc.returncode == 2
+        assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("error: parameter 'tags'")
+    assert Client().list() == []

@@ -93,7 +93,7 @@ def _expected_next(output: str | None) -> tuple[object, object]:
     return load("expect_next"), load("expect_np_next")
 
 
-def test_frames_go_through_parquet_and_arrays_through_npy(home: Path, tmp_path: Path):
+def test_frames_go_through_arrow_and_arrays_through_npy(home: Path, tmp_path: Path):
     nb = write_nb(tmp_path / "kinds.ipynb", STATE_CELLS[:3])
     res = Client().run(nb)
     assert res.status == Status.COMPLETED
@@ -103,7 +103,7 @@ def test_frames_go_through_parquet_and_arrays_through_npy(home: Path, tmp_path: 
     for row in rows:
         for name, ref in json.loads(row["state"] or "{}").get("vars", {}).items():
             kinds[name] = ref["kind"]
-    assert kinds["df"] == "parquet"
+    assert kinds["df"] == "arrow"
     assert kinds["arr"] == "npy"
     assert kinds["np"] == "module" and kinds["osp"] == "module"
     assert kinds["double"] == "cloudpickle" and kinds["square"] == "cloudpickle"

@@ -15,6 +15,7 @@ import contextlib
 from typing import Any
 
 from .driver import STEP_MSG, drive
+from .process import ProcessState
 from .state import StateTracker
 
 __all__ = [
@@ -33,6 +34,7 @@ class Extension:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self.tracker = StateTracker(shell.user_ns, set(getattr(shell, "user_ns_hidden", ())))
+        self.tracker.process = ProcessState(shell)
         self.batch = False
         self.interactive: Any = None
 

@@ -4,17 +4,22 @@ Why not one request per cell, as nbclient does: ipykernel spends about 3 ms on
 every request (threads, status messages, the reply) before the cell's own
 work; running the cells from inside the kernel with ``run_cell_async`` keeps
 IPython's full semantics (magics, display, top-level await, execution counts,
-cell ids for events) at a fraction of that. After each cell the driver flushes
-the cell's streams and publishes one ``durabook_step`` IOPub message carrying
-the checkpoint manifest (or the error); the runner attributes every output
-between two step messages to the cell in between and commits the manifest.
+cell ids for events) at a fraction of that. Around each cell the driver fires
+the events IPython and ipykernel fire around a request (``pre_execute`` and
+``pre_run_cell`` inside ``run_cell_async``; then ``post_execute`` and
+``post_run_cell``, which matplotlib's inline backend needs to show figures).
 
-Payloads over 2 KiB are written (and fsynced) to the blob store here, before
-the manifest naming them leaves the kernel.
+After each cell the driver records the cell's outputs (see
+:mod:`durabook_kernel.capture`) and its checkpoint manifest in the step
+journal, fsynced, before the next cell starts (see
+:mod:`durabook_kernel.journal`), then publishes a small ``durabook_step`` IOPub
+message so the runner reads the record at once. Payloads over 2 KiB are
+written (and fsynced) to the blob store before the record naming them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,10 +30,13 @@ from typing import Any
 
 from . import primitives
 from .blobs import BlobStore
+from .capture import OutputCapture
+from .journal import JournalWriter
 
-__all__ = ["STEP_MSG", "drive"]
+__all__ = ["OUTPUTS_INLINE_LIMIT", "STEP_MSG", "drive"]
 
 STEP_MSG = "durabook_step"
+OUTPUTS_INLINE_LIMIT = 64 * 1024  # bytes of JSON: larger outputs go to a blob
 
 
 def _publish(shell: Any, content: dict[str, Any]) -> None:
@@ -57,12 +65,21 @@ def _error_info(shell: Any, result: Any) -> dict[str, Any]:
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": list(tb)}
 
 
+def _exc_info(exc: BaseException, ename: str | None = None, prefix: str = "") -> dict[str, Any]:
+    return {
+        "ename": ename or type(exc).__name__,
+        "evalue": prefix + str(exc),
+        "traceback": traceback.format_exception(exc),
+    }
+
+
 def _clean_exit(result: Any) -> bool:
     exc = result.error_in_exec
     return isinstance(exc, SystemExit) and exc.code in (None, 0)
 
 
 async def _run_source(shell: Any, source: str, cell_id: str | None, silent: bool) -> Any:
+    """One cell, with the events ipykernel's ``do_execute`` fires around a request."""
     shell._last_traceback = None
     preprocessing_exc = None
     try:
@@ -70,28 +87,63 @@ async def _run_source(shell: Any, source: str, cell_id: str | None, silent: bool
     except Exception:
         transformed = source
         preprocessing_exc = sys.exc_info()
-    return await shell.run_cell_async(
-        source,
-        store_history=not silent,
-        silent=silent,
-        transformed_cell=transformed,
-        preprocessing_exc_tuple=preprocessing_exc,
-        cell_id=cell_id,
-    )
+    result = None
+    try:
+        result = await shell.run_cell_async(
+            source,
+            store_history=not silent,
+            silent=silent,
+            transformed_cell=transformed,
+            preprocessing_exc_tuple=preprocessing_exc,
+            cell_id=cell_id,
+        )
+    finally:
+        shell.events.trigger("post_execute")
+        if not silent:
+            shell.events.trigger("post_run_cell", result)
+    return result
+
+
+def _storage_error(exc: BaseException, what: str, blobs: BlobStore) -> dict[str, Any]:
+    """ENOSPC / EDQUOT are the user's to fix (free space, then resume): say so plainly."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        home = blobs.root.parent
+        return {
+            "ename": "StorageFull",
+            "evalue": f"no space left on the disk of {home} to save {what}: free some space, "
+            "then resume the instance (its committed cells are kept)",
+            "traceback": [],
+        }
+    return _exc_info(exc, "CheckpointError", f"could not save {what}: ")
+
+
+def _outputs_field(outputs: list[dict[str, Any]], blobs: BlobStore) -> dict[str, Any]:
+    text = json.dumps(outputs, default=str)
+    if len(text) <= OUTPUTS_INLINE_LIMIT:
+        return {"outputs": outputs}
+    return {"outputs_blob": blobs.put(text.encode())}  # fsynced before the record
 
 
 async def drive(plan_json: str) -> None:
-    """Restore state, then run cells, publishing one step message per cell."""
+    """Restore state, then run cells, journaling and announcing each finished cell."""
     from . import extension_for
 
     shell = _get_ipython()
     ext = extension_for(shell)
     plan = json.loads(plan_json)
     tracker = ext.tracker
-    tracker.blobs = BlobStore(plan["blobs"])
+    blobs = BlobStore(plan["blobs"])
+    tracker.blobs = blobs
+    tracker.scan_all = bool(plan.get("scan_all"))
     ext.batch = True
+    if plan.get("env"):
+        os.environ.update(plan["env"])  # what the run declared (the kernel started scrubbed)
     if plan.get("cwd"):
         os.chdir(plan["cwd"])
+    if plan.get("execution_count"):
+        shell.execution_count = int(plan["execution_count"])  # counts go on after a resume
     # ipykernel turns SIGINT into a loop callback while an async request runs, which
     # cannot fire while a cell's synchronous code holds the loop: make an interrupt
     # (a timeout, or the user's) raise KeyboardInterrupt in the cell, as it does
@@ -101,140 +153,129 @@ async def drive(plan_json: str) -> None:
     primitives._context = ctx
     # a suspension is not an error to show: end the cell quietly
     shell.set_custom_exc((primitives.Suspend,), lambda *a, **k: None)
+    kernel = getattr(shell, "kernel", None)
+    capture: OutputCapture | None = None
+    if kernel is not None:
+        parent = kernel.get_parent("shell") or {}
+        capture = OutputCapture(kernel, (parent.get("header") or {}).get("msg_id"))
+        capture.install()
+    journal = JournalWriter(plan["journal"], fsync=plan.get("fsync", True))
     try:
-        if not await _restore(shell, tracker, plan):
+        problems = await _restore(shell, tracker, plan)
+        if problems is None:
             return
+        if capture is not None:
+            capture.drop()  # what replayed cells printed is no cell's output
+        if problems:  # shown in the first resumed cell's output: never lost silently
+            print(
+                "durabook: after the resume, could not re-apply: " + "; ".join(problems),
+                file=sys.stderr,
+            )
         stop_file = plan.get("stop_file")
         for cell in plan["cells"]:
             if stop_file and os.path.exists(stop_file):  # `durabook pause`: stop between cells
                 _publish(shell, {"phase": "paused", "index": cell["index"]})
                 return
-            started = time.time()
-            t0 = time.perf_counter()
-            ctx.start_cell(cell["index"], cell["source"])
-            result = await _run_source(shell, cell["source"], cell.get("id"), silent=False)
-            _flush()
-            if isinstance(result.error_in_exec, primitives.Suspend):
-                _publish(
-                    shell,
-                    {
-                        "phase": "cell",
-                        "index": cell["index"],
-                        "status": "suspend",
-                        "suspend": result.error_in_exec.request,
-                        "started_at": started,
-                    },
-                )
+            if not await _run_one(shell, tracker, blobs, ctx, capture, journal, cell):
                 return
-            content: dict[str, Any] = {
-                "phase": "cell",
-                "index": cell["index"],
-                "execution_count": result.execution_count,
-                "started_at": started,
-            }
-            exit_ok = _clean_exit(result)
-            if result.success or exit_ok:
-                try:
-                    content["manifest"] = tracker.checkpoint(cell["source"])
-                    content["status"] = "exit" if exit_ok else "ok"
-                except Exception as exc:  # a bug of ours or a full disk: fail the cell loudly
-                    content["status"] = "error"
-                    content["error"] = {
-                        "ename": "CheckpointError",
-                        "evalue": f"could not save the cell's state: {exc!r}",
-                        "traceback": traceback.format_exception(exc),
-                    }
-            else:
-                content["status"] = "error"
-                content["error"] = _error_info(shell, result)
-            content["duration_ms"] = (time.perf_counter() - t0) * 1000.0
-            _publish(shell, content)
-            if content["status"] != "ok":
-                return  # a failure, or sys.exit(0): papermill's clean early stop
     except BaseException as exc:  # KeyboardInterrupt between cells, or our own failure
         _flush()
-        _publish(
-            shell,
-            {
-                "phase": "abort",
-                "error": {
-                    "ename": type(exc).__name__,
-                    "evalue": str(exc),
-                    "traceback": traceback.format_exception(exc),
-                },
-            },
-        )
+        _publish(shell, {"phase": "abort", "error": _exc_info(exc)})
     finally:
+        journal.close()
+        if capture is not None:
+            capture.uninstall()
         shell.set_custom_exc((), None)
         primitives._context = None
         signal.signal(signal.SIGINT, saved_sigint)
         ext.batch = False
 
 
-async def _restore(shell: Any, tracker: Any, plan: dict[str, Any]) -> bool:
+async def _run_one(
+    shell: Any,
+    tracker: Any,
+    blobs: BlobStore,
+    ctx: Any,
+    capture: OutputCapture | None,
+    journal: JournalWriter,
+    cell: dict[str, Any],
+) -> bool:
+    """Run, journal and announce one cell; False when the run stops after it."""
+    index = cell["index"]
+    started = time.time()
+    journal.append({"t": "start", "index": index, "at": started}, durable=False)
+    t0 = time.perf_counter()
+    ctx.start_cell(index, cell["source"])
+    result = await _run_source(shell, cell["source"], cell.get("id"), silent=False)
+    _flush()
+    outputs = capture.take() if capture is not None else []
+    if isinstance(result.error_in_exec, primitives.Suspend):
+        # the cell runs again from its top on resume: its outputs so far are not kept
+        request = result.error_in_exec.request
+        journal.append({"t": "suspend", "index": index, "request": request})
+        _publish(shell, {"phase": "cell", "index": index, "status": "suspend", "suspend": request})
+        return False
+    record: dict[str, Any] = {
+        "t": "cell",
+        "index": index,
+        "execution_count": result.execution_count,
+        "started_at": started,
+    }
+    exit_ok = _clean_exit(result)
+    if result.success or exit_ok:
+        try:
+            record["manifest"] = tracker.checkpoint(cell["source"])
+            record["status"] = "exit" if exit_ok else "ok"
+        except Exception as exc:  # a full disk, or a bug of ours: fail the cell loudly
+            record["status"] = "error"
+            record["error"] = _storage_error(exc, "the cell's state", blobs)
+    else:
+        record["status"] = "error"
+        record["error"] = _error_info(shell, result)
+    record["duration_ms"] = (time.perf_counter() - t0) * 1000.0
+    try:
+        record.update(_outputs_field(outputs, blobs))
+        journal.append(record)
+    except Exception as exc:
+        # the record could not be made durable: the cell is not committed. Say why
+        # in a short record (it may still fit), then stop the run here.
+        err = _storage_error(exc, "the cell's checkpoint", blobs)
+        short = {k: v for k, v in record.items() if k not in ("manifest", "outputs")}
+        short.update(status="error", error=err, outputs=[])
+        with contextlib.suppress(Exception):
+            journal.append(short)
+        _publish(shell, {"phase": "cell", "index": index, "status": "error", "error": err})
+        return False
+    _publish(shell, {"phase": "cell", "index": index, "status": record["status"]})
+    return record["status"] == "ok"  # a failure, or sys.exit(0): papermill's clean stop
+
+
+async def _restore(shell: Any, tracker: Any, plan: dict[str, Any]) -> list[str] | None:
+    """The saved state back in the namespace; None when it cannot be (reported)."""
     refs: dict[str, dict[str, Any]] = plan.get("restore") or {}
     replay: list[dict[str, Any]] = plan.get("replay") or []
     if not refs and not replay:
         tracker.reset_baseline()
         _publish(shell, {"phase": "restored", "vars": 0, "replayed": []})
-        return True
+        return []
     t0 = time.perf_counter()
-    try:
-        loaded = tracker.restore(refs)
-    except Exception as exc:
-        _publish(
-            shell,
-            {
-                "phase": "restore",
-                "status": "error",
-                "error": {
-                    "ename": "RestoreError",
-                    "evalue": f"could not load saved state: {exc!r}",
-                    "traceback": traceback.format_exception(exc),
-                },
-            },
-        )
-        return False
-    rebuilt: list[str] = []
-    for cell in replay:
-        result = await _run_source(shell, cell["source"], cell.get("id"), silent=True)
-        _flush()
-        if not result.success:
-            err = _error_info(shell, result)
-            err["evalue"] = (
-                f"replaying cell {cell['index']} to rebuild state failed: " + err["evalue"]
-            )
-            _publish(
-                shell, {"phase": "restore", "status": "error", "index": cell["index"], "error": err}
-            )
-            return False
-        rebuilt.extend(cell.get("names", []))
-    # a replayed cell may also have re-assigned saved variables: the saved ones win
-    missing = tracker.finish_restore(refs, loaded, rebuilt)
-    if missing:
-        _publish(
-            shell,
-            {
-                "phase": "restore",
-                "status": "error",
-                "error": {
-                    "ename": "RestoreError",
-                    "evalue": f"replayed cells did not rebuild {', '.join(missing)}",
-                    "traceback": [],
-                },
-            },
-        )
-        return False
+    from .restore import restore_namespace
+
+    report = await restore_namespace(shell, tracker, refs, replay, strict=True)
+    if report.error is not None:
+        _publish(shell, {"phase": "restore", "status": "error", "error": report.error})
+        return None
     _publish(
         shell,
         {
             "phase": "restored",
-            "vars": len(loaded),
+            "vars": len(report.loaded),
             "replayed": [c["index"] for c in replay],
+            "problems": report.problems,
             "duration_ms": (time.perf_counter() - t0) * 1000.0,
         },
     )
-    return True
+    return report.problems
 
 
 def _get_ipython() -> Any:

@@ -113,6 +113,13 @@ class InteractiveSession:
         if result.success:
             step["status"] = "ok"
             step["manifest"] = self.ext.tracker.checkpoint(source)
+            for name, info in step["manifest"].get("unserializable", {}).items():
+                # said at once, one line, while the author still looks at the cell
+                print(
+                    f"durabook: {name} ({info['type']}) cannot be saved: {info['error']}; "
+                    "a restore will not bring it back (mark the cell '# durabook: replay')",
+                    file=sys.stderr,
+                )
             if result.result is not None:
                 step["outputs"] = [
                     {
@@ -150,6 +157,8 @@ def durabook_magic(shell: Any, ext: Any, line: str) -> None:
         print(f"instance {session.id}" if session and session.id else "no session yet")
         return
     if args[0] == "restore" and len(args) == 2:
+        from .restore import restore_now
+
         home = wire.home_path()
         sock = wire.connect(home) or _ensure_engine(home)
         try:
@@ -158,15 +167,14 @@ def durabook_magic(shell: Any, ext: Any, line: str) -> None:
             sock.close()
         tracker = ext.tracker
         tracker.blobs = BlobStore(plan["blobs"])
-        loaded = tracker.restore(plan["restore"])
-        rebuilt: list[str] = []
-        for cell in plan["replay"]:
-            res = shell.run_cell(cell["source"], silent=True)
-            if not res.success:
-                raise RuntimeError(f"replaying cell {cell['index']} failed")
-            rebuilt += cell["names"]
-        tracker.finish_restore(plan["restore"], loaded, rebuilt)
-        names = sorted(n for n in loaded if not n.startswith("__"))
-        print(f"restored {len(names)} variables from {args[1]}: {', '.join(names)}")
+        report = restore_now(shell, tracker, plan["restore"], plan["replay"])
+        names = sorted(n for n in report.loaded if not n.startswith("__"))
+        print(f"restored {len(names)} variables from {args[1]}: {', '.join(names) or '-'}")
+        # everything that could not come back, each with why: never silently dropped
+        lost = {**(plan.get("unrestorable") or {}), **report.failed}
+        for name, why in sorted(lost.items()):
+            print(f"  not restored: {name}: {why}")
+        for problem in report.problems:
+            print(f"  not re-applied: {problem}")
         return
     raise ValueError("usage: %durabook status | %durabook restore ID")

@@ -22,6 +22,7 @@ from typing import Any
 __all__ = ["EventTimeout", "Suspend", "parse_duration", "sleep", "sleep_until", "wait_for_event"]
 
 MAX_SLEEP = 365 * 24 * 3600.0
+IN_PROCESS_SLEEP = 1.0  # seconds: sub-second sleeps complete in the process, no suspension
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)")
 
@@ -107,17 +108,28 @@ def _warn_if_not_first(ctx: _RunContext, what: str) -> None:
         )
 
 
-def _suspend(request: dict[str, Any]) -> Any:
+def _suspend(request: dict[str, Any], short: float | None = None) -> Any:
+    """Return the call's resolution if it has one, else suspend the run.
+
+    ``short``: a sleep this brief completes here, in the process (suspending would
+    cost more than it saves). It still takes its ordinal, so the calls after it
+    in the cell keep their keys whatever this sleep's length was on an earlier run.
+    """
     ctx = _context
     assert ctx is not None
     ctx.ordinal += 1
     key = f"{ctx.cell}:{ctx.ordinal}"
-    _warn_if_not_first(ctx, request["kind"] if request["kind"] == "sleep" else "wait_for_event")
     done = ctx.resolutions.get(key)
+    if done is not None or short is None:
+        # this call suspends, or did: code above it in the cell runs twice
+        _warn_if_not_first(ctx, request["kind"] if request["kind"] == "sleep" else "wait_for_event")
     if done is not None:
         if done.get("timeout"):
             raise EventTimeout(f"no {request.get('event')!r} event within the timeout")
         return done.get("payload")
+    if short is not None:
+        time.sleep(short)
+        return None
     raise Suspend({**request, "cell": ctx.cell, "ordinal": ctx.ordinal, "key": key})
 
 
@@ -129,7 +141,8 @@ def sleep(duration: float | int | str) -> None:
     if _context is None:
         time.sleep(seconds)
         return
-    _suspend({"kind": "sleep", "until": time.time() + seconds})
+    short = seconds if seconds < IN_PROCESS_SLEEP else None
+    _suspend({"kind": "sleep", "until": time.time() + seconds}, short)
 
 
 def sleep_until(when: datetime) -> None:

@@ -2,8 +2,11 @@
 
 Choice per value (first that works):
 - modules: recorded by name and re-imported;
-- pandas DataFrames: Parquet through pyarrow (not pickle: half the memory, typed);
-- numpy arrays of plain dtypes: the ``.npy`` format, no pickle;
+- pandas DataFrames: Arrow IPC through pyarrow (not pickle: typed, no copy of
+  numeric columns); large ones as one piece per record batch of a stable number
+  of rows, so changing one value rewrites one piece (about 2 MiB), not the frame;
+- numpy arrays of plain dtypes: the ``.npy`` format, no pickle; large ones as
+  their raw buffer in fixed 2 MiB pieces, with dtype and shape beside them;
 - functions and classes defined in the notebook: cloudpickle (by value), then
   re-bound to the kernel's live globals on load;
 - closed files (what ``with open(...) as f`` leaves): a closed file again;
@@ -17,14 +20,26 @@ import io
 import pickle
 import sys
 import types
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Encoded", "Unserializable", "decode", "encode", "is_immutable", "is_large"]
+__all__ = [
+    "CHUNK",
+    "Encoded",
+    "Unserializable",
+    "decode",
+    "decode_pieces",
+    "encode",
+    "is_immutable",
+    "is_large",
+    "slices",
+]
 
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, frozenset)
 _LARGE_BYTES = 256 << 10
 _LARGE_LEN = 10_000
+CHUNK = 2 << 20  # bytes per piece of a large value: one changed value rewrites about this much
 
 
 class Unserializable(Exception):
@@ -40,6 +55,15 @@ class Encoded:
     type_name: str
     payload: bytes = b""
     module: str | None = None
+    # a large value: buffers stored as separate blobs, and what rebuilds the value
+    pieces: Iterable[Any] | None = None
+    meta: dict[str, Any] | None = None
+
+
+def slices(data: Any, size: int = CHUNK) -> Iterator[memoryview]:
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
 
 
 def type_name(obj: Any) -> str:
@@ -109,12 +133,12 @@ def encode(obj: Any) -> Encoded:
         return Encoded("closed_file", tname, b"b" if binary else b"t")
     if _is_dataframe(obj):
         try:
-            buf = io.BytesIO()
-            obj.to_parquet(buf, engine="pyarrow")
-            return Encoded("parquet", tname, buf.getvalue())
+            return _encode_frame(obj, tname)
         except Exception:
-            pass  # e.g. non-string column names: pickle below
+            pass  # e.g. non-string column names, mixed object columns: pickle below
     if _is_ndarray(obj) and not obj.dtype.hasobject:
+        if obj.nbytes > CHUNK:
+            return _encode_large_array(obj, tname)
         import numpy as np
 
         buf = io.BytesIO()
@@ -129,6 +153,92 @@ def encode(obj: Any) -> Encoded:
         return Encoded("cloudpickle", tname, _cloudpickle_dumps(obj))
     except Exception as exc:
         raise Unserializable(tname, f"{type(exc).__name__}: {exc}") from None
+
+
+def _encode_frame(df: Any, tname: str) -> Encoded:
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=True)
+    if table.nbytes <= CHUNK:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return Encoded("arrow", tname, sink.getvalue().to_pybytes())
+    # pieces of a power-of-two number of rows: a value that changes size (a longer
+    # string) does not move the boundaries of every piece after it
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    rows = 1 << max(0, (CHUNK // per_row).bit_length() - 1)
+
+    def pieces() -> Iterator[Any]:
+        yield table.schema.serialize()
+        for batch in table.to_batches(max_chunksize=rows):
+            yield batch.serialize()
+
+    return Encoded("arrow_pieces", tname, pieces=pieces(), meta={"rows": rows})
+
+
+def _encode_large_array(a: Any, tname: str) -> Encoded:
+    import numpy as np
+
+    fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous)
+    if not (a.flags.c_contiguous or fortran):
+        a = np.ascontiguousarray(a)
+    flat = a.ravel(order="K")  # a view in memory order: no copy
+    meta = {
+        "descr": np.lib.format.dtype_to_descr(a.dtype),
+        "shape": list(a.shape),
+        "fortran": fortran,
+        "chunk": CHUNK,
+    }
+    return Encoded("ndarray", tname, pieces=slices(flat), meta=meta)
+
+
+def decode_pieces(
+    kind: str,
+    meta: dict[str, Any],
+    digests: list[str],
+    size: int,
+    blobs: Any,
+    module: str | None,
+    user_ns: dict[str, Any],
+) -> Any:
+    """A large value from its pieces (each read from the blob store and verified)."""
+    if kind == "ndarray":
+        import numpy as np
+
+        dtype = np.lib.format.descr_to_dtype(meta["descr"])
+        out = np.empty(meta["shape"], dtype=dtype, order="F" if meta.get("fortran") else "C")
+        view = memoryview(out.ravel(order="K")).cast("B")  # type: ignore[arg-type]
+        step = int(meta.get("chunk", CHUNK))
+        for i, key in enumerate(digests):
+            blobs.get_into(key, view[i * step : min((i + 1) * step, len(view))])
+        return out
+    if kind == "arrow_pieces":
+        import pyarrow as pa
+
+        _arrow_pandas_types()
+        schema = pa.ipc.read_schema(pa.py_buffer(blobs.get(digests[0])))
+        batches = [
+            pa.ipc.read_record_batch(pa.py_buffer(blobs.get(k)), schema) for k in digests[1:]
+        ]
+        return pa.Table.from_batches(batches, schema=schema).to_pandas()
+    payload = bytearray(size)
+    view = memoryview(payload)
+    pos = 0
+    for key in digests:
+        data = blobs.get(key)
+        view[pos : pos + len(data)] = data
+        pos += len(data)
+    return decode(kind, bytes(payload), module, user_ns)
+
+
+def _arrow_pandas_types() -> None:
+    """Register pandas' Arrow extension types (period, interval) before ``to_pandas``:
+    pandas does so lazily, and without them a PeriodIndex comes back as integers."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import pandas.core.arrays.arrow.extension_types  # noqa: F401
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
@@ -158,7 +268,12 @@ def decode(kind: str, payload: bytes, module: str | None, user_ns: dict[str, Any
         fh = open(os.devnull, "rb" if payload == b"b" else "r")  # noqa: SIM115
         fh.close()
         return fh
-    if kind == "parquet":
+    if kind == "arrow":
+        import pyarrow as pa
+
+        _arrow_pandas_types()
+        return pa.ipc.open_stream(pa.py_buffer(payload)).read_all().to_pandas()
+    if kind == "parquet":  # checkpoints written before Arrow IPC
         import pandas as pd
 
         return pd.read_parquet(io.BytesIO(payload), engine="pyarrow")

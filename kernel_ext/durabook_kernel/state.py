@@ -1,44 +1,75 @@
 """What a cell changed, written as a checkpoint manifest; and a namespace restored.
 
-The tracker keeps, per user variable, the ``id()`` of the object last seen and
-the digest of its last saved payload. After a cell:
+A checkpoint costs what the cell changed, not what the namespace holds. After
+a cell the tracker looks only at the names the cell could have touched (its
+*reach*), not at every variable:
 
-- new, rebound and deleted names always count as changed;
-- a name bound to the same immutable object is unchanged without encoding it;
-- any other value is encoded and compared by digest (content addressing), so a
-  list mutated in place is caught and an untouched one is not written again;
-- large values (over 256 KiB, or containers of over 10,000 items) bound to the same
-  object are re-encoded only when the cell's source names them (or an alias of
-  them). A function that mutates a large global without the cell naming it is
-  the one case this misses; name the variable in the cell to have it saved.
+1. the names the cell's source mentions (any identifier, also inside strings);
+2. the globals named by the code of notebook-defined functions, classes and
+   instances of notebook classes that (1) reaches, followed transitively, and
+   the names bound to objects held in those functions' closures and defaults;
+3. names added to the namespace behind the cell's back (``exec``, star imports,
+   ``globals()[...]``, magics): a dictionary keeps insertion order, so new keys
+   are the last ``len(ns) - len_before`` ones, read in O(new);
+4. every name, in a cell that uses ``globals``/``locals``/``vars``/``exec``/
+   ``eval``/``__dict__``/``__main__``/``import *``/``sys.modules``/``setattr``/
+   ``delattr``, or a magic that can rebind names (``%run``, ``%reset``,
+   ``%store``, ...); and in every cell with ``scan_all`` (the run option
+   ``--scan-all``).
 
-Names that share one object are saved once and restored as one object.
-Names starting with an underscore, and IPython's own (``In``, ``Out``, ...), are
-not state. Python's and numpy's global random generators are saved too, so draws
-after a resume continue the same sequence.
+For each of those names: a new, rebound or deleted name counts as changed; a
+name bound to the same immutable object is unchanged; any other value is
+encoded and compared by digest (content addressing), so a list mutated in place
+is caught and an untouched one is not written again. Large values are stored
+in pieces (see :mod:`durabook_kernel.serialize`), so changing one value of a
+512 MB array rewrites one 2 MiB piece.
+
+Not detected (documented in the README): an in-place change to a value the
+cell cannot reach by name (1-2), e.g. through a reference held inside another
+container or a library object (``d = {"k": lst}``; a cell ``d["k"].append(1)``
+saves ``d`` but not ``lst``), or by a callback a library calls later.
+
+Names that share one object are saved once and restored as one object. Names
+starting with an underscore, and IPython's own (``In``, ``Out``, ...), are not
+state. Python's and numpy's global random generators are saved too, so draws
+after a resume continue the same sequence, and so is the process-level state
+of :mod:`durabook_kernel.process`.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import pickle
 import random
 import re
 import sys
 import types
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from .blobs import BlobStore, digest
-from .serialize import Unserializable, decode, encode, is_immutable, is_large
+from .serialize import CHUNK, Unserializable, decode, decode_pieces, encode, is_immutable, slices
 
-__all__ = ["StateTracker"]
+__all__ = ["PROCESS_KEY", "RANDOM_KEY", "StateTracker"]
 
 INLINE_LIMIT = 2048
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 RANDOM_KEY = "__random__"
 NP_RANDOM_KEY = "__numpy_random__"
+PROCESS_KEY = "__process__"
+SPECIAL_KEYS = (RANDOM_KEY, NP_RANDOM_KEY, PROCESS_KEY)
+# a cell with any of these may bind or mutate names it does not mention: scan all
+_DYNAMIC = re.compile(
+    r"\b(globals|locals|vars|exec|eval|__dict__|__main__|setattr|delattr|sys\.modules)\b"
+    r"|import\s+\*"
+    r"|^\s*%{1,2}(run|reset|reset_selective|xdel|store|load|pylab|macro|rerun|recall|"
+    r"autoreload|aimport|edit|paste|cpaste|alias|sx|sc)\b",
+    re.M,
+)
+_STABLE_TYPES = (types.FunctionType, type)
 
 
 @dataclass
@@ -48,79 +79,192 @@ class _Known:
     stable: bool = False  # same object => same value (immutable, module, def, unsaveable)
 
 
+def _is_stable(obj: Any) -> bool:
+    return is_immutable(obj) or isinstance(obj, _STABLE_TYPES)
+
+
 class StateTracker:
     def __init__(self, user_ns: dict[str, Any], hidden: set[str] | None = None) -> None:
         self.user_ns = user_ns
         self.hidden = set(hidden or ()) | _IPYTHON_NAMES
         self.known: dict[str, _Known] = {}
+        self.by_oid: dict[int, set[str]] = {}  # aliases among known names
         self.blobs: BlobStore | None = None
+        self.scan_all = False
+        self.process: Any = None  # a ProcessState, set by the extension
+        self._len = -1  # len(user_ns) after the last checkpoint; -1: scan everything next
+        self._code_names: dict[types.CodeType, frozenset[str]] = {}
         self._random_digest: str | None = None
         self._np_random_digest: str | None = None
+        self._random_state: Any = None
+        self._np_random_state: Any = None
+        self._process_snapshot: Any = None
+        self._pending_process: Any = None  # loaded by restore(), applied by restore_process()
+        self._early_problems: list[str] = []
 
     # -- which names are state ---------------------------------------------------
+    def is_state(self, name: str) -> bool:
+        return bool(name) and name[0] != "_" and name not in self.hidden
+
     def user_names(self) -> list[str]:
-        hidden = self.hidden
-        return [n for n in self.user_ns if n[0] != "_" and n not in hidden]
+        return [n for n in self.user_ns if self.is_state(n)]
 
     def reset_baseline(self) -> None:
         """Treat everything currently in the namespace as already saved (nothing)."""
         self.known.clear()
+        self.by_oid.clear()
+        self._len = len(self.user_ns)
+
+    # -- reach: the names a cell could have touched ---------------------------------
+    def reach(self, source: str) -> set[str] | None:
+        """The names to look at after ``source`` ran, or None for all of them."""
+        ns = self.user_ns
+        if self.scan_all or self._len < 0 or _DYNAMIC.search(source):
+            return None
+        names = set(_IDENT.findall(source))
+        grown = len(ns) - self._len
+        if grown > 0:
+            names.update(islice(reversed(ns.keys()), grown))
+        out: set[str] = set()
+        stack = [n for n in names if n in ns or n in self.known]
+        while stack:
+            name = stack.pop()
+            if name in out:
+                continue
+            out.add(name)
+            obj = ns.get(name)
+            if obj is not None and not _is_plain(obj):
+                stack.extend(n for n in self._referenced(obj) if n not in out)
+        return out
+
+    def _referenced(self, obj: Any) -> set[str]:
+        """Globals and aliases a notebook function, class or instance can reach."""
+        found: set[str] = set()
+        seen: set[int] = set()
+        todo = [obj]
+        while todo:
+            o = todo.pop()
+            if id(o) in seen:
+                continue
+            seen.add(id(o))
+            if isinstance(o, types.MethodType):
+                todo += [o.__func__, o.__self__]
+            elif isinstance(o, types.FunctionType):
+                if o.__globals__ is not self.user_ns:
+                    continue  # a library's function: its globals are not ours
+                found |= self._names_of(o.__code__)
+                held = [c.cell_contents for c in o.__closure__ or () if _filled(c)]
+                held += list(o.__defaults__ or ()) + list((o.__kwdefaults__ or {}).values())
+                for value in held:
+                    found |= self.by_oid.get(id(value), set())
+                    if isinstance(value, (types.FunctionType, type)):
+                        todo.append(value)
+            elif isinstance(o, type):
+                if o.__module__ != "__main__":
+                    continue
+                for value in vars(o).values():
+                    if isinstance(value, (staticmethod, classmethod)):
+                        value = value.__func__
+                    elif isinstance(value, property):
+                        todo += [f for f in (value.fget, value.fset, value.fdel) if f]
+                        continue
+                    if isinstance(value, (types.FunctionType, type)):
+                        todo.append(value)
+                todo += [b for b in o.__bases__ if b.__module__ == "__main__"]
+            elif type(o).__module__ == "__main__":
+                todo.append(type(o))  # an instance of a notebook class: its methods
+            elif type(o).__name__ == "partial":
+                todo += [getattr(o, "func", None), *getattr(o, "args", ())]
+        return found
+
+    def _names_of(self, code: types.CodeType) -> frozenset[str]:
+        names = self._code_names.get(code)
+        if names is None:
+            acc = set(code.co_names)
+            for const in code.co_consts:
+                if isinstance(const, types.CodeType):
+                    acc |= self._names_of(const)
+            names = self._code_names[code] = frozenset(acc)
+        return names
 
     # -- checkpoint ---------------------------------------------------------------
-    def checkpoint(self, source: str) -> dict[str, Any]:
+    def checkpoint(self, source: str, full: bool = False) -> dict[str, Any]:
         """Encode what changed since the last checkpoint; write large payloads to blobs."""
         ns = self.user_ns
-        mentioned = set(_IDENT.findall(source))
+        reach = None if full else self.reach(source)
+        candidates = set(self.user_names()) | set(self.known) if reach is None else reach
         known = self.known
-        hidden = self.hidden
         groups: dict[int, list[str]] = {}
-        for name, obj in ns.items():
-            if name[0] == "_" or name in hidden:
+        deleted: list[str] = []
+        for name in candidates:
+            if name not in ns or not self.is_state(name):
+                if name in known:
+                    deleted.append(name)
                 continue
+            obj = ns[name]
             k = known.get(name)
             if k is not None and k.stable and k.oid == id(obj):
                 continue  # the common case, O(1): an unchanged number, string, def, module
             groups.setdefault(id(obj), []).append(name)
+        for name in deleted:
+            self._forget(name)
 
         changed: dict[str, dict[str, Any]] = {}
         unserializable: dict[str, dict[str, str]] = {}
         for oid, names in groups.items():
+            # names outside the reach bound to the same object change with it
+            aliases = {n for n in self.by_oid.get(oid, ()) if n in ns and id(ns[n]) == oid}
+            names = sorted(set(names) | aliases)
             fresh = [n for n in names if (k := known.get(n)) is None or k.oid != oid]
-            if not fresh:
-                if known[names[0]].digest is None:
-                    continue  # same unserializable object as before: reported once
-                obj = ns[names[0]]
-                if is_immutable(obj) or isinstance(obj, (types.FunctionType, type)):
-                    continue
-                if is_large(obj) and not mentioned.intersection(names):
-                    continue
             obj = ns[names[0]]
+            if not fresh and known[names[0]].digest is None:
+                continue  # same unserializable object as before: reported once
+            if not fresh and _is_stable(obj):
+                continue
             try:
                 enc = encode(obj)
             except Unserializable as exc:
                 for n in fresh:
                     unserializable[n] = {"type": exc.type_name, "error": exc.reason}
-                    known[n] = _Known(oid, None, stable=True)
+                    self._remember(n, oid, None, True)
                 continue
             ref = self._store(enc)
             key = ref["digest"]
-            stable = is_immutable(obj) or isinstance(obj, (types.FunctionType, type))
+            stable = _is_stable(obj)
             primary: str | None = None
             for n in names:
                 k = known.get(n)
                 if k is not None and k.oid == oid and k.digest == key:
                     continue
-                known[n] = _Known(oid, key, stable)
+                self._remember(n, oid, key, stable)
                 if primary is None:
                     primary = n
                     changed[n] = ref
                 else:
                     changed[n] = {**ref, "target": primary}
-        deleted = [n for n in known if n not in ns or n[0] == "_" or n in self.hidden]
-        for n in deleted:
-            del known[n]
         self._checkpoint_random(changed)
+        self._checkpoint_process(changed)
+        self._len = len(ns)
         return {"vars": changed, "deleted": deleted, "unserializable": unserializable}
+
+    def _remember(self, name: str, oid: int, key: str | None, stable: bool) -> None:
+        old = self.known.get(name)
+        if old is not None and old.oid != oid:
+            self._unalias(name, old.oid)
+        self.known[name] = _Known(oid, key, stable)
+        self.by_oid.setdefault(oid, set()).add(name)
+
+    def _forget(self, name: str) -> None:
+        old = self.known.pop(name, None)
+        if old is not None:
+            self._unalias(name, old.oid)
+
+    def _unalias(self, name: str, oid: int) -> None:
+        names = self.by_oid.get(oid)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self.by_oid[oid]
 
     def _store(self, enc: Any) -> dict[str, Any]:
         ref: dict[str, Any] = {"kind": enc.kind, "type": enc.type_name}
@@ -128,31 +272,76 @@ class StateTracker:
             ref["module"] = enc.module
             ref["digest"] = "module:" + (enc.module or "")
             return ref
-        data = enc.payload
-        key = digest(data)
-        ref["digest"] = key
-        ref["size"] = len(data)
-        if len(data) <= INLINE_LIMIT:
-            ref["inline"] = base64.b64encode(data).decode("ascii")
-        else:
-            if self.blobs is None:
-                raise RuntimeError("durabook: no blob store configured for this kernel")
-            self.blobs.put(data, key)
+        if enc.pieces is None and len(enc.payload) <= CHUNK:
+            data = enc.payload
+            key = digest(data)
+            ref["digest"] = key
+            ref["size"] = len(data)
+            if len(data) <= INLINE_LIMIT:
+                ref["inline"] = base64.b64encode(data).decode("ascii")
+            else:
+                self._blobs().put(data, key)
+            return ref
+        # a large value: one blob per piece; only pieces not stored yet are written
+        pieces = enc.pieces if enc.pieces is not None else slices(enc.payload)
+        blobs = self._blobs()
+        chunks: list[str] = []
+        size = 0
+        for piece in pieces:
+            key = digest(piece)
+            blobs.put(piece, key)
+            chunks.append(key)
+            size += len(memoryview(piece).cast("B"))
+        if enc.module is not None:
+            ref["module"] = enc.module
+        ref.update(chunks=chunks, size=size, meta=enc.meta or {})
+        ref["digest"] = digest(json.dumps([enc.kind, enc.meta, chunks]).encode())
         return ref
 
+    def _blobs(self) -> BlobStore:
+        if self.blobs is None:
+            raise RuntimeError("durabook: no blob store configured for this kernel")
+        return self.blobs
+
     def _checkpoint_random(self, changed: dict[str, dict[str, Any]]) -> None:
-        data = pickle.dumps(random.getstate(), protocol=5)
-        key = digest(data)
-        if key != self._random_digest:
-            self._random_digest = key
-            changed[RANDOM_KEY] = self._store_raw("pickle", "random.state", data)
+        # comparing the state with the last one saved (a tuple of 625 ints) costs a few
+        # microseconds; pickling and hashing it every cell cost ten times that
+        state = random.getstate()
+        if state != self._random_state:
+            data = pickle.dumps(state, protocol=5)
+            key = digest(data)
+            self._random_state = state
+            if key != self._random_digest:
+                self._random_digest = key
+                changed[RANDOM_KEY] = self._store_raw("pickle", "random.state", data)
         np = sys.modules.get("numpy")
         if np is not None and hasattr(np, "random"):
-            data = pickle.dumps(np.random.get_state(), protocol=5)
-            key = digest(data)
-            if key != self._np_random_digest:
-                self._np_random_digest = key
-                changed[NP_RANDOM_KEY] = self._store_raw("pickle", "numpy.random.state", data)
+            npstate = np.random.get_state(legacy=True)
+            last = self._np_random_state
+            if last is None or not (
+                npstate[2:] == last[2:] and np.array_equal(npstate[1], last[1])
+            ):
+                data = pickle.dumps(npstate, protocol=5)
+                key = digest(data)
+                self._np_random_state = npstate
+                if key != self._np_random_digest:
+                    self._np_random_digest = key
+                    changed[NP_RANDOM_KEY] = self._store_raw("pickle", "numpy.random.state", data)
+
+    def _checkpoint_process(self, changed: dict[str, dict[str, Any]]) -> None:
+        if self.process is None:
+            return
+        snap = self.process.capture()
+        if snap == self._process_snapshot:
+            return
+        self._process_snapshot = snap
+        try:
+            data = pickle.dumps(snap, protocol=5)
+        except Exception:
+            import cloudpickle  # e.g. a warnings filter naming a notebook-defined category
+
+            data = cloudpickle.dumps(snap, protocol=5)
+        changed[PROCESS_KEY] = self._store_raw("cloudpickle", "process.state", data)
 
     def _store_raw(self, kind: str, tname: str, data: bytes) -> dict[str, Any]:
         from .serialize import Encoded
@@ -163,40 +352,81 @@ class StateTracker:
     def load_ref(self, ref: dict[str, Any]) -> Any:
         if ref["kind"] == "module":
             return decode("module", b"", ref.get("module"), self.user_ns)
+        if ref.get("chunks") is not None:
+            return decode_pieces(
+                ref["kind"],
+                ref.get("meta") or {},
+                ref["chunks"],
+                int(ref.get("size") or 0),
+                self._blobs(),
+                ref.get("module"),
+                self.user_ns,
+            )
         if ref.get("inline") is not None:
             data = base64.b64decode(ref["inline"])
         else:
-            if self.blobs is None:
-                raise RuntimeError("durabook: no blob store configured for this kernel")
-            data = self.blobs.get(ref["digest"])
+            data = self._blobs().get(ref["digest"])
         return decode(ref["kind"], data, ref.get("module"), self.user_ns)
 
-    def restore(self, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def restore(
+        self, refs: dict[str, dict[str, Any]], failed: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Load saved variables into the namespace, in an order that lets pickles
-        find the notebook's classes: modules, then notebook definitions, then data."""
+        find the notebook's classes: modules, then notebook definitions, then data.
+
+        With ``failed`` (a dict), a variable that cannot be loaded is recorded
+        there with the reason and the others still load; without it, the first
+        failure raises.
+        """
         order = {"module": 0, "cloudpickle": 1}
         loaded: dict[str, Any] = {}
+        self._pending_process = None
+        if PROCESS_KEY in refs and self.process is not None:
+            # the working directory and sys.path first: saved modules import from there
+            self._pending_process = self.load_ref(refs[PROCESS_KEY])
+            self._early_problems = self.process.apply_early(self._pending_process)
         by_digest: dict[tuple[str, str], Any] = {}
         for name, ref in sorted(refs.items(), key=lambda kv: order.get(kv[1]["kind"], 2)):
-            if name in (RANDOM_KEY, NP_RANDOM_KEY):
+            if name in SPECIAL_KEYS:
                 continue
             share = (ref.get("group", name), ref["digest"])
-            if share in by_digest:
-                obj = by_digest[share]
-            else:
-                obj = self.load_ref(ref)
-                by_digest[share] = obj
+            try:
+                if share in by_digest:
+                    obj = by_digest[share]
+                else:
+                    obj = self.load_ref(ref)
+                    by_digest[share] = obj
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
             self.user_ns[name] = obj
             loaded[name] = obj
         if RANDOM_KEY in refs:
             random.setstate(self.load_ref(refs[RANDOM_KEY]))
             self._random_digest = refs[RANDOM_KEY]["digest"]
+            self._random_state = random.getstate()
         if NP_RANDOM_KEY in refs:
             import numpy as np
 
             np.random.set_state(self.load_ref(refs[NP_RANDOM_KEY]))
             self._np_random_digest = refs[NP_RANDOM_KEY]["digest"]
+            self._np_random_state = np.random.get_state(legacy=True)
         return loaded
+
+    def restore_process(self, refs: dict[str, dict[str, Any]]) -> list[str]:
+        """Re-apply the saved process-level state; what could not be, one line each."""
+        if PROCESS_KEY not in refs or self.process is None:
+            return []
+        snap = self._pending_process
+        if snap is None:
+            snap = self.load_ref(refs[PROCESS_KEY])
+            self._early_problems = self.process.apply_early(snap)
+        problems: list[str] = self._early_problems + self.process.apply(snap)
+        self._pending_process = None
+        self._process_snapshot = self.process.capture()
+        return problems
 
     def finish_restore(
         self, refs: dict[str, dict[str, Any]], loaded: dict[str, Any], rebuilt: list[str]
@@ -212,11 +442,30 @@ class StateTracker:
     def mark_restored(self, refs: dict[str, dict[str, Any]], rebuilt: list[str]) -> None:
         """Remember restored values as saved, so the next checkpoint writes only changes."""
         self.known.clear()
+        self.by_oid.clear()
         for name, ref in refs.items():
-            if name in self.user_ns:
-                obj = self.user_ns[name]
-                stable = is_immutable(obj) or isinstance(obj, (types.FunctionType, type))
-                self.known[name] = _Known(id(obj), ref["digest"], stable)
+            if name in SPECIAL_KEYS or name not in self.user_ns:
+                continue
+            obj = self.user_ns[name]
+            self._remember(name, id(obj), ref["digest"], _is_stable(obj))
+            blobs = self.blobs
+            if blobs is not None:
+                for key in ref.get("chunks") or ():
+                    blobs.trust(key)  # read and verified just now: no need to write again
         for name in rebuilt:
             if name in self.user_ns:
-                self.known[name] = _Known(id(self.user_ns[name]), None, stable=True)
+                self._remember(name, id(self.user_ns[name]), None, True)
+        self._len = len(self.user_ns)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty closure cell raises
+        return True
+    except ValueError:
+        return False
+
+
+def _is_plain(obj: Any) -> bool:
+    """Values whose reach is only themselves (the common case: skip the walk)."""
+    return is_immutable(obj) or type(obj) in (list, dict, set, tuple)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attempt",
     "CellState",
     "CellStatus",
     "Client",
@@ -35,6 +36,7 @@ _LAZY = {
     "EventTimeout": "durabook_kernel.primitives",
     "Client": "durabook.client",
     "DurabookError": "durabook.errors",
+    "Attempt": "durabook.models",
     "CellState": "durabook.models",
     "CellStatus": "durabook.models",
     "ErrorInfo": "durabook.models",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .client import Client
     from .errors import DurabookError
     from .models import (
+        Attempt,
         CellState,
         CellStatus,
         ErrorInfo,

@@ -1,5 +1,5 @@
 """Content-addressed blobs (shared with the kernel extension, which writes them)."""
 
-from durabook_kernel.blobs import BlobStore, digest
+from durabook_kernel.blobs import BlobCorrupt, BlobStore, digest
 
-__all__ = ["BlobStore", "digest"]
+__all__ = ["BlobCorrupt", "BlobStore", "digest"]

@@ -25,9 +25,10 @@ __all__ = ["RestorePlan", "committed_prefix", "restore_plan", "step_record"]
 class RestorePlan:
     refs: dict[str, dict[str, Any]] = field(default_factory=dict)
     replay: list[dict[str, Any]] = field(default_factory=list)
+    unrestorable: dict[str, str] = field(default_factory=dict)  # lenient plans: name -> why
 
     def to_plan(self) -> dict[str, Any]:
-        return {"restore": self.refs, "replay": self.replay}
+        return {"restore": self.refs, "replay": self.replay, "unrestorable": self.unrestorable}
 
 
 def committed_prefix(code_cells: list[tuple[int, Any]], latest: dict[int, dict[str, Any]]) -> int:
@@ -47,9 +48,17 @@ def committed_prefix(code_cells: list[tuple[int, Any]], latest: dict[int, dict[s
 
 
 def restore_plan(
-    code_cells: list[tuple[int, Any]], latest: dict[int, dict[str, Any]], upto: int
+    code_cells: list[tuple[int, Any]],
+    latest: dict[int, dict[str, Any]],
+    upto: int,
+    strict: bool = True,
 ) -> RestorePlan:
-    """The state after the first ``upto`` code cells (all committed)."""
+    """The state after the first ``upto`` code cells (all committed).
+
+    Strict (a resumed run): a variable that could not be saved and whose cell is
+    not marked replay is an :class:`UnrestorableState`. Lenient (``%durabook
+    restore``): it is listed in ``unrestorable`` and the rest is restored.
+    """
     refs: dict[str, dict[str, Any]] = {}
     origin: dict[str, int] = {}  # name -> index of the cell that saved it
     broken: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -77,12 +86,17 @@ def restore_plan(
     replay: dict[int, list[str]] = {}
     for name, (index, info) in sorted(broken.items(), key=lambda kv: kv[1][0]):
         cell = cells_by_index[index]
+        if not is_replay_cell(cell) and not strict:
+            plan.unrestorable[name] = (
+                f"{info['type']} made by cell {index} cannot be saved ({info['error']})"
+            )
+            continue
         if not is_replay_cell(cell):
             raise UnrestorableState(
                 f"cannot restore {name!r} ({info['type']}), made by cell {index}: it cannot be "
                 f"saved ({info['error']}). Mark cell {index} to be replayed on resume (first "
-                "line '# durabook: replay' or tag 'durabook-replay'), or `del` it before the "
-                "cell ends.",
+                "line '# durabook: replay' or tag 'durabook-replay') and resume with "
+                "`--notebook` naming the edited notebook, or `del` it before the cell ends.",
                 variable=name,
                 cell=index,
                 type=info["type"],

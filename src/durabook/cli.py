@@ -1,19 +1,23 @@
 """The ``durabook`` command line.
 
 Exit statuses: 0 completed, 1 failed, 2 bad input (one line on stderr, nothing
-stored), 3 suspended (sleeping, waiting, paused).
+stored), 3 suspended (sleeping, waiting, paused), 4 the engine serving the command
+went away (the instance continues from its last committed cell on resume), 141
+stdout's reader went away (``durabook list | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import datetime
 from typing import Any, NoReturn
 
 from .engine import Progress
-from .errors import DurabookError
-from .models import InstanceStatus, RunResult
+from .errors import BadInput, DurabookError
+from .models import CellStatus, InstanceStatus, RunResult, Status
 
 __all__ = ["main"]
 
@@ -69,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="parameter, typed by the parameters cell",
+        help="parameter, typed by the parameters cell; the two tokens after -p are taken "
+        "as they are, even '-5m'",
     )
     run.add_argument("--id", help="instance id (default: generated)")
     run.add_argument(
@@ -79,12 +84,26 @@ def _parser() -> argparse.ArgumentParser:
         help="when --id names an existing instance (default: return it)",
     )
     run.add_argument("--output", help="output notebook (default $DURABOOK_HOME/outputs/ID.ipynb)")
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="pass a variable to the kernel (its value here, or VALUE); kernels start with "
+        "a scrubbed environment",
+    )
+    run.add_argument(
+        "--scan-all",
+        action="store_true",
+        help="look at every variable after every cell, not only those a cell can reach",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     res = sub.add_parser("resume", help="continue an instance at its first uncommitted cell")
     res.add_argument("id")
     res.add_argument("--notebook", help="an edited notebook: resume at its first changed cell")
+    res.add_argument("--now", action="store_true", help="wake a sleeping instance early")
     res.add_argument("--json", action="store_true")
     res.add_argument("-q", "--quiet", action="store_true")
 
@@ -130,6 +149,50 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_PARAM_FLAGS = ("-p", "--parameter")
+_GLOBAL_VALUE_FLAGS = ("--home",)
+_RUN_VALUE_FLAGS = ("--id", "--if-exists", "--output")
+
+
+def _take_parameters(argv: list[str]) -> tuple[list[str], list[list[str]]]:
+    """``run``'s ``-p NAME VALUE`` pairs, each the next two tokens verbatim.
+
+    argparse takes a token that starts with '-' for an option, so ``-p d -5m`` (as
+    papermill accepts it) would be an error. The pairs come out before parsing; what
+    is left is parsed as usual (a ``-p`` short of two tokens stays, for argparse to
+    report).
+    """
+    i = 0
+    while i < len(argv):  # global options, then the command
+        tok = argv[i]
+        if tok in _GLOBAL_VALUE_FLAGS:
+            i += 2
+        elif tok.startswith("-"):
+            i += 1
+        else:
+            break
+    if i >= len(argv) or argv[i] != "run":
+        return argv, []
+    rest, params = argv[: i + 1], []
+    i += 1
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":  # everything after it is positional
+            rest += argv[i:]
+            break
+        if tok in _PARAM_FLAGS and i + 2 < len(argv):
+            params.append([argv[i + 1], argv[i + 2]])
+            i += 3
+            continue
+        if tok in _RUN_VALUE_FLAGS and i + 1 < len(argv):
+            rest += argv[i : i + 2]
+            i += 2
+            continue
+        rest.append(tok)
+        i += 1
+    return rest, params
+
+
 def _print_result(res: RunResult, as_json: bool, id_printed: bool) -> None:
     if as_json:
         print(
@@ -155,26 +218,66 @@ def _print_result(res: RunResult, as_json: bool, id_printed: bool) -> None:
     print(msg, file=sys.stderr)
 
 
+def _when(dt: datetime) -> str:
+    return f"{dt:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _print_status(st: InstanceStatus) -> None:
     print(f"{st.id}  {st.status.value}  {st.notebook}")
     print(
         f"  version {st.version}  created {st.created_at:%Y-%m-%d %H:%M:%S}  "
         f"updated {st.updated_at:%Y-%m-%d %H:%M:%S}"
     )
+    if st.status == Status.SLEEPING and st.wake_at is not None:
+        print(f"  sleeping until {_when(st.wake_at)}")
+    elif st.status == Status.WAITING and st.waiting_for is not None:
+        timeout = f", times out at {_when(st.wake_at)}" if st.wake_at is not None else ""
+        print(f"  waiting for the event {st.waiting_for!r}{timeout}")
     if st.error is not None:
         print(f"  failed at cell {st.failed_cell}: {st.error.ename}: {st.error.evalue}")
     for c in st.cells:
         dur = f"{c.duration_ms:9.1f} ms" if c.duration_ms is not None else " " * 12
+        name = f"  step {c.name!r}" if c.name else ""
         extra = ""
         if c.unserializable:
             extra = "  unsaved: " + ", ".join(
                 f"{k} ({v.type})" for k, v in c.unserializable.items()
             )
-        print(f"  [{c.index:>3}] {c.status.value:<9} x{c.attempts} {dur}  {c.cell_id}{extra}")
+        print(f"  [{c.index:>3}] {c.status.value:<9} x{c.attempts} {dur}  {c.cell_id}{name}{extra}")
+        if len(c.history) > 1:  # retried: every attempt's error, and the wait after it
+            for a in c.history:
+                if a.status != CellStatus.FAILED or a.error is None:
+                    continue
+                retry = ""
+                if a.error.retry_in_s is not None:
+                    retry = f" (retry in {a.error.retry_in_s:g} s)"
+                print(f"        attempt {a.attempt}: {a.error.ename}: {a.error.evalue}{retry}")
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout went away (``durabook list | head -1``): the Python docs'
+    recipe, so the interpreter's final flush does not raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(sys.argv[1:] if argv is None else list(argv))
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 128 + 13  # as a process killed by SIGPIPE (what `yes | head -1` reports)
+
+
+def _main(argv: list[str]) -> int:
+    os.umask(0o077)  # what durabook creates (DuckDB's own files included) is the owner's alone
+    argv, params = _take_parameters(argv)
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        args.parameter = params
     try:
         return _dispatch(args)
     except DurabookError as exc:
@@ -196,16 +299,56 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    with Engine(args.home) as eng:
+    with _open_for_serve(args.home, Engine) as eng:
         print(f"durabook engine for {eng.home} (pid {os.getpid()})", file=sys.stderr, flush=True)
         serve(eng, stop, args.idle_timeout)
     return 0
 
 
+def _open_for_serve(home: str | None, engine: Any, wait: float = 60.0) -> Any:
+    """The home's store, for `serve`. A short-lived command (`status`, `list`, a
+    `run`) may hold it for a moment: wait for it. Another `serve` holds it for good:
+    refuse at once."""
+    import time
+
+    from durabook_kernel import wire
+
+    from .engine import resolve_home
+    from .errors import EngineBusy
+
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return engine(home)
+        except EngineBusy as busy:
+            sock = wire.connect(resolve_home(home))
+            owner: dict[str, Any] = {}
+            if sock is not None:
+                try:
+                    owner = wire.call(sock, "ping") or {}
+                except (OSError, RuntimeError, ValueError):
+                    owner = {}
+                finally:
+                    sock.close()
+            if owner.get("serving") or time.monotonic() > deadline:
+                raise busy from None
+            if not said:
+                pid = owner.get("pid") or busy.fields.get("pid")
+                print(f"waiting for pid {pid} to finish with the store", file=sys.stderr)
+                said = True
+            time.sleep(0.1)
+
+
 def _resume_here(eng: Any, args: argparse.Namespace) -> int:
     progress = _BarProgress(not args.quiet)
     try:
-        res = eng.resume(args.id, getattr(args, "notebook", None), progress=progress)
+        res = eng.resume(
+            args.id,
+            getattr(args, "notebook", None),
+            progress=progress,
+            now=bool(getattr(args, "now", False)),
+        )
     finally:
         progress.close()
     _print_result(res, args.json, False)
@@ -232,6 +375,8 @@ def _lifecycle(args: argparse.Namespace) -> int:
         print(json.dumps({"id": args.id, "status": status}))
     else:
         print(f"{args.id}: {status}", file=sys.stderr)
+    if args.command == "unpause" and Status(status).suspended:
+        return 3  # still sleeping or waiting, as `run` and `resume` say it
     return 0
 
 
@@ -255,6 +400,27 @@ def _send_event(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_env(args: argparse.Namespace) -> dict[str, str]:
+    """What the run's kernel gets beyond the allow-list: ``--env`` and the names the
+    notebook declares (``metadata.durabook.env``), with their values here."""
+    from .notebook import declared_env, load_notebook
+
+    env: dict[str, str] = {}
+    for name in declared_env(load_notebook(args.notebook)):
+        if name in os.environ:
+            env[name] = os.environ[name]
+        else:
+            print(f"note: {name}, which the notebook declares, is not set here", file=sys.stderr)
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq:
+            if name not in os.environ:
+                raise BadInput(f"--env {name}: no such variable here (use --env {name}=VALUE)")
+            value = os.environ[name]
+        env[name] = value
+    return env
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from .control import open_engine
 
@@ -272,7 +438,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         def created(iid: str) -> None:
             nonlocal printed
             if not args.json:
-                print(iid, flush=True)
+                try:
+                    print(iid, flush=True)
+                except BrokenPipeError:
+                    _stdout_to_devnull()  # nobody reads stdout: the run itself goes on
                 printed = True
 
         with open_engine(args.home, serve=True) as eng:
@@ -286,6 +455,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                     progress=progress,
                     on_created=created,
                     if_exists=args.if_exists,
+                    env=_run_env(args),
+                    scan_all=args.scan_all,
                 )
             finally:
                 progress.close()

@@ -37,9 +37,15 @@ class Client:
         id: str | None = None,
         output: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
+        env: dict[str, str] | None = None,
+        scan_all: bool = False,
     ) -> RunResult:
+        """Run a notebook as a new instance. ``env``: variables its kernel gets beyond
+        the scrubbed allow-list; ``scan_all``: look at every variable after every cell."""
         with self.engine() as eng:
-            return eng.run(notebook, parameters, id, output, progress=progress)
+            return eng.run(
+                notebook, parameters, id, output, progress=progress, env=env, scan_all=scan_all
+            )
 
     def resume(
         self,
@@ -47,9 +53,12 @@ class Client:
         *,
         notebook: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
+        now: bool = False,
     ) -> RunResult:
+        """Continue at the first uncommitted cell (of ``notebook`` when it was edited);
+        ``now`` wakes a sleeping instance before its time."""
         with self.engine() as eng:
-            return eng.resume(id, notebook, progress=progress)
+            return eng.resume(id, notebook, progress=progress, now=now)
 
     def status(self, id: str) -> InstanceStatus:
         with self.engine() as eng:

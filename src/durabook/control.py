@@ -7,35 +7,73 @@ instead of opening the store: ``status`` and ``list`` answer from the live
 store, ``run`` and ``resume`` execute in the engine with progress streamed back,
 and interactive kernels send their checkpoints. The engine process stays up
 until the runs it accepted have ended.
+
+Safety (see :mod:`durabook_kernel.wire` for the socket's folder): the server
+drops connections from other uids (``SO_PEERCRED``); every request is one JSON
+line of at most ``$DURABOOK_MAX_MESSAGE_BYTES`` (16 MiB) whose arguments are
+checked by a pydantic model per operation, and anything else gets a
+``bad_input`` reply. Replies and progress events go through a bounded queue per
+connection drained by its own thread, so a client that stops reading is
+dropped instead of stalling a run.
+
+Hand-off: the server answers ``{"event": "accepted"}`` before it acts on a
+request. A client whose connection ends before that knows nothing was done and
+asks again (the owner was leaving: it reaches the next owner or opens the store
+itself); one whose connection ends after it gets :class:`EngineLost`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from durabook_kernel.wire import connect, recv, send, socket_path
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from durabook_kernel.wire import (
+    UnsafeSocket,
+    encode,
+    ensure_runtime_dir,
+    max_message_bytes,
+    peer_credentials,
+    recv,
+    socket_path,
+)
+from durabook_kernel.wire import connect as wire_connect
 
 from .engine import Engine, Progress, resolve_home
 from .errors import (
     BadInput,
     DurabookError,
     EngineBusy,
+    EngineLost,
     ErrorCode,
     InvalidNotebook,
     InvalidParameter,
     InvalidState,
+    StorageFull,
     UnknownInstance,
+    UnsafePath,
 )
 from .models import InstanceStatus, InstanceSummary, RunResult
+from .pool import close_thread_loop
 
 __all__ = ["ControlServer", "RemoteEngine", "open_engine"]
+
+log = logging.getLogger("durabook.control")
+
+OUTBOUND_QUEUE = 1000  # messages waiting for one client before it is dropped
+CLOSE_WAIT = 5.0  # seconds ControlServer.close waits for its connections' threads
+ACCEPT_TIMEOUT = 10.0  # seconds for "accepted" to reach a client before acting for it
+_READ_ONLY = frozenset({"ping", "status", "list", "restore_plan"})  # safe to ask again
 
 _ERRORS: dict[str, type[DurabookError]] = {
     ErrorCode.INVALID_NOTEBOOK.value: InvalidNotebook,
@@ -44,142 +82,478 @@ _ERRORS: dict[str, type[DurabookError]] = {
     ErrorCode.INVALID_STATE.value: InvalidState,
     ErrorCode.BAD_INPUT.value: BadInput,
     ErrorCode.ENGINE_BUSY.value: EngineBusy,
+    ErrorCode.STORAGE_FULL.value: StorageFull,
+    ErrorCode.ENGINE_LOST.value: EngineLost,
+    ErrorCode.UNSAFE_PATH.value: UnsafePath,
 }
 
 
-class _StreamProgress(Progress):
-    def __init__(self, wfile: socket.socket) -> None:
-        self.sock = wfile
-        self._lock = threading.Lock()
+# -- requests: one model per operation ------------------------------------------------
 
-    def _emit(self, event: dict[str, Any]) -> None:
-        with self._lock, contextlib.suppress(OSError):
-            send(self.sock, event)
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _NoArgs(_Args):
+    pass
+
+
+class _IdArgs(_Args):
+    id: str
+
+
+class _ListArgs(_Args):
+    status: str | None = None
+    limit: int | None = Field(None, ge=0)
+
+
+class _RunArgs(_Args):
+    notebook: str
+    parameters: dict[str, Any] | None = None
+    id: str | None = None
+    output: str | None = None
+    from_text: bool = False
+    if_exists: Literal["return", "error"] = "return"
+    env: dict[str, str] | None = None
+    scan_all: bool = False
+
+
+class _ResumeArgs(_IdArgs):
+    notebook: str | None = None
+    now: bool = False
+
+
+class _OpenSessionArgs(_Args):
+    notebook: str
+    pid: int
+    cwd: str | None = None
+
+
+class _Step(BaseModel):
+    """A cell an interactive kernel ran (see durabook_kernel.interactive): the fields the
+    engine reads are checked; others pass through for newer kernels."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int = Field(ge=0)
+    source: str
+    status: Literal["ok", "error"]
+    cell_id: str | None = None
+    execution_count: int | None = None
+    started_at: float | None = None
+    duration_ms: float | None = None
+    manifest: dict[str, Any] | None = None
+    outputs: list[dict[str, Any]] | None = None
+    error: dict[str, Any] | None = None
+
+
+class _CheckpointArgs(_IdArgs):
+    step: _Step
+
+
+class _RestartArgs(_IdArgs):
+    from_cell: int | None = None
+
+
+class _SendEventArgs(_IdArgs):
+    name: str
+    data: str | None = None
+
+
+_Created = Callable[[str], None] | None
+_Handler = Callable[[Engine, Any, Progress | None, _Created], Any]
+
+
+def _ping(eng: Engine, a: _NoArgs, progress: Progress | None, created: _Created) -> Any:
+    return {"pid": os.getpid(), "home": str(eng.home), "serving": eng.wakes_instances}
+
+
+def _status(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
+    return eng.status(a.id).model_dump(mode="json")
+
+
+def _list(eng: Engine, a: _ListArgs, progress: Progress | None, created: _Created) -> Any:
+    return [i.model_dump(mode="json") for i in eng.list(a.status, a.limit)]
+
+
+def _run(eng: Engine, a: _RunArgs, progress: Progress | None, created: _Created) -> Any:
+    res = eng.run(
+        a.notebook,
+        a.parameters,
+        a.id,
+        a.output,
+        from_text=a.from_text,
+        progress=progress,
+        on_created=created,
+        if_exists=a.if_exists,
+        env=a.env,
+        scan_all=a.scan_all,
+    )
+    return res.model_dump(mode="json")
+
+
+def _resume(eng: Engine, a: _ResumeArgs, progress: Progress | None, created: _Created) -> Any:
+    return eng.resume(a.id, a.notebook, progress=progress, now=a.now).model_dump(mode="json")
+
+
+def _open_session(
+    eng: Engine, a: _OpenSessionArgs, progress: Progress | None, created: _Created
+) -> Any:
+    return eng.open_session(a.notebook, a.pid, a.cwd)
+
+
+def _checkpoint(
+    eng: Engine, a: _CheckpointArgs, progress: Progress | None, created: _Created
+) -> Any:
+    eng.commit_interactive(a.id, a.step.model_dump(exclude_none=True))
+
+
+def _end_session(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
+    eng.end_session(a.id)
+
+
+def _lifecycle(op: str) -> _Handler:
+    def handle(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
+        status = getattr(eng, op)(a.id)
+        return {"status": status.value, "resumed_by_engine": eng.wakes_instances}
+
+    return handle
+
+
+def _restart(eng: Engine, a: _RestartArgs, progress: Progress | None, created: _Created) -> Any:
+    eng.restart(a.id, a.from_cell)
+
+
+def _send_event(
+    eng: Engine, a: _SendEventArgs, progress: Progress | None, created: _Created
+) -> Any:
+    delivered = eng.send_event(a.id, a.name, a.data)
+    return {"delivered": delivered, "resumed_by_engine": delivered and eng.wakes_instances}
+
+
+def _restore_plan(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
+    return eng.session_restore_plan(a.id)
+
+
+_OPS: dict[str, tuple[type[_Args], _Handler]] = {
+    "ping": (_NoArgs, _ping),
+    "status": (_IdArgs, _status),
+    "list": (_ListArgs, _list),
+    "run": (_RunArgs, _run),
+    "resume": (_ResumeArgs, _resume),
+    "open_session": (_OpenSessionArgs, _open_session),
+    "checkpoint": (_CheckpointArgs, _checkpoint),
+    "end_session": (_IdArgs, _end_session),
+    "pause": (_IdArgs, _lifecycle("pause")),
+    "unpause": (_IdArgs, _lifecycle("unpause")),
+    "terminate": (_IdArgs, _lifecycle("terminate")),
+    "restart": (_RestartArgs, _restart),
+    "send_event": (_SendEventArgs, _send_event),
+    "restore_plan": (_IdArgs, _restore_plan),
+}
+
+
+def _summary(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "args"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+class _Request:
+    """A request checked against its operation's model, ready to run."""
+
+    def __init__(self, op: Any, args: Any) -> None:
+        if not isinstance(op, str):
+            raise BadInput('a request needs an operation name: {"op": "...", "args": {...}}')
+        if op not in _OPS:
+            raise BadInput(f"unknown operation {op[:80]!r}; one of: {', '.join(sorted(_OPS))}")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise BadInput(f"the args of `{op}` must be a JSON object, not {type(args).__name__}")
+        model, self.handler = _OPS[op]
+        try:
+            self.args = model.model_validate(args)
+        except ValidationError as exc:
+            raise BadInput(f"bad arguments for `{op}`: {_summary(exc)}") from None
+        self.op = op
+
+    @classmethod
+    def parse(cls, line: bytes) -> _Request:
+        try:
+            req = json.loads(line)
+        except RecursionError:
+            raise BadInput("the request nests too deeply to be read") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise BadInput(f"the request is not JSON: {exc}") from None
+        if not isinstance(req, dict):
+            raise BadInput('a request must be a JSON object: {"op": "...", "args": {...}}')
+        return cls(req.get("op"), req.get("args"))
+
+    def run(self, eng: Engine, progress: Progress | None, created: _Created) -> Any:
+        try:
+            return self.handler(eng, self.args, progress, created)
+        except RecursionError:
+            raise BadInput(f"the arguments of `{self.op}` nest too deeply") from None
+        except ValidationError as exc:  # a record built from the arguments (a step's manifest)
+            raise BadInput(f"bad arguments for `{self.op}`: {_summary(exc)}") from None
+
+
+def _error_reply(exc: DurabookError) -> dict[str, Any]:
+    return {"ok": False, "error": {**exc.to_dict(), "exit_code": exc.exit_code}}
+
+
+# -- server side ---------------------------------------------------------------------
+
+
+class _Conn:
+    """One client: a reader thread serves its requests one after the other; what goes
+    back waits in a bounded queue that a sender thread drains, so the engine never
+    blocks on a client (one that falls ``limit`` messages behind is dropped)."""
+
+    def __init__(self, sock: socket.socket, pid: int, limit: int) -> None:
+        self.sock = sock
+        self.pid = pid
+        # bytes to send; an Event is set once everything before it was sent; None ends
+        self._queue: queue.Queue[bytes | threading.Event | None] = queue.Queue(limit)
+        self._dropped = threading.Event()
+        self.reader: threading.Thread | None = None  # serves its requests, set by the server
+        self._sender = threading.Thread(
+            target=self._drain, daemon=True, name=f"durabook-control-send-{pid}"
+        )
+        self._sender.start()
+
+    def send(self, obj: Any) -> bool:
+        """Queue a message; False when the client is gone (or was just dropped)."""
+        if self._dropped.is_set():
+            return False
+        try:
+            data = encode(obj)
+        except (TypeError, ValueError, RecursionError) as exc:  # a bug of ours: say so
+            log.exception("unsendable control message")
+            error = {"code": ErrorCode.INTERNAL.value, "message": f"unsendable reply: {exc}"}
+            data = encode({"ok": False, "error": {**error, "exit_code": 1}})
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            log.info("dropping control client pid %d: it stopped reading", self.pid)
+            self.drop()
+            return False
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far was handed to the client's socket."""
+        sent = threading.Event()
+        try:
+            self._queue.put(sent, timeout=timeout)
+        except queue.Full:
+            self.drop()
+            return False
+        return sent.wait(timeout) and not self._dropped.is_set()
+
+    def drop(self) -> None:
+        self._dropped.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader and a blocked send
+
+    def stop_reading(self) -> None:
+        """The engine is leaving: no more requests (a pending reply still goes out)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+
+    def join(self, deadline: float) -> None:
+        for t in (self.reader, self._sender):
+            if t is not None and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    def finish(self) -> None:
+        """Nothing more will be queued: the sender flushes, then closes the socket."""
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            self.drop()
+            self._queue.put(None)  # the sender discards quickly once dropped
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                data = self._queue.get()
+                if data is None:
+                    return
+                if isinstance(data, threading.Event):
+                    data.set()
+                    continue
+                if self._dropped.is_set():
+                    continue
+                try:
+                    self.sock.sendall(data)
+                except OSError:
+                    self.drop()
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+
+
+class _StreamProgress(Progress):
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
 
     def start(self, instance_id: str, total: int, done: int) -> None:
-        self._emit({"event": "start", "id": instance_id, "total": total, "done": done})
+        self.conn.send({"event": "start", "id": instance_id, "total": total, "done": done})
 
     def committed(self, index: int) -> None:
-        self._emit({"event": "committed", "index": index})
+        self.conn.send({"event": "committed", "index": index})
+
+
+def _private_socket(path: Path) -> socket.socket:
+    """Bind ``path`` (in a folder checked to be ours) and make it 0600."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket: we hold the store's lock, so it is ours
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)  # the folder is 0700 already: this is the second wall
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class ControlServer:
     """Serves one engine's verbs on its home's socket, a thread per connection."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, queue_limit: int = OUTBOUND_QUEUE) -> None:
         self.engine = engine
         self.path = socket_path(engine.home)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket: we hold the store's lock, so it is ours
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(self.path))
-        self.sock.listen(64)
+        self.max_message = max_message_bytes()
+        self.queue_limit = queue_limit
+        try:
+            ensure_runtime_dir()
+        except UnsafeSocket as exc:
+            raise UnsafePath(str(exc), path=exc.path) from None
+        self.sock = _private_socket(self.path)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        self._uid = os.getuid()
         self.busy = 0
         self.connections = 0
         self.last_activity = time.monotonic()
+        self._conns: set[_Conn] = set()
         self._cv = threading.Condition()
-        self._closed = False
+        self._closing = False
         self._thread = threading.Thread(target=self._accept, daemon=True, name="durabook-control")
         self._thread.start()
 
     def _accept(self) -> None:
-        while not self._closed:
+        while True:
             try:
-                conn, _ = self.sock.accept()
+                sock, _ = self.sock.accept()
             except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with self._cv:
-            self.connections += 1
-        try:
-            self._serve_requests(conn)
-        finally:
+                if self._closing:
+                    return
+                time.sleep(0.1)  # e.g. out of file descriptors: try again, do not stop serving
+                continue
+            try:
+                pid, uid, _ = peer_credentials(sock)
+            except OSError:
+                sock.close()
+                continue
+            if uid != self._uid:
+                # another user's process: not a word back (it reached a socket it should not)
+                log.warning("refused a control connection from uid %d (pid %d)", uid, pid)
+                sock.close()
+                continue
+            conn = _Conn(sock, pid, self.queue_limit)
+            conn.reader = threading.Thread(
+                target=self._serve, args=(conn,), daemon=True, name=f"durabook-control-{pid}"
+            )
             with self._cv:
+                self._conns.add(conn)
+                self.connections += 1
+            conn.reader.start()
+
+    def _serve(self, conn: _Conn) -> None:
+        try:
+            with conn.sock.makefile("rb") as rfile:
+                self._serve_requests(conn, rfile)
+        except OSError:
+            pass  # the client went away
+        finally:
+            close_thread_loop()
+            conn.finish()
+            with self._cv:
+                self._conns.discard(conn)
                 self.connections -= 1
                 self.last_activity = time.monotonic()
 
-    def _serve_requests(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as rfile:
-            while True:
-                try:
-                    req = recv(rfile)
-                except (ConnectionError, OSError, ValueError):
+    def _serve_requests(self, conn: _Conn, rfile: Any) -> None:
+        limit = self.max_message
+        while True:
+            line = rfile.readline(limit + 1)  # never more than the limit in memory
+            if not line:
+                return
+            if len(line) > limit and not line.endswith(b"\n"):
+                conn.send(
+                    _error_reply(
+                        BadInput(
+                            f"a message may hold at most {limit} bytes "
+                            "(DURABOOK_MAX_MESSAGE_BYTES); closing the connection"
+                        )
+                    )
+                )
+                return
+            try:
+                req = _Request.parse(line)
+            except DurabookError as exc:
+                if not conn.send(_error_reply(exc)):
                     return
+                continue
+            with self._cv:
+                if self._closing:
+                    return  # not accepted: the client asks the next owner
+                self.busy += 1
+            try:
+                reply = self._answer(conn, req)
+                if reply is None:
+                    return
+            finally:
                 with self._cv:
-                    self.busy += 1
-                try:
-                    result = self._handle(req.get("op"), req.get("args") or {}, conn)
-                    reply: dict[str, Any] = {"ok": True, "result": result}
-                except DurabookError as exc:
-                    reply = {"ok": False, "error": {**exc.to_dict(), "exit_code": exc.exit_code}}
-                except Exception as exc:
-                    reply = {
-                        "ok": False,
-                        "error": {
-                            "code": "internal",
-                            "message": f"{type(exc).__name__}: {exc}",
-                            "exit_code": 1,
-                        },
-                    }
-                finally:
-                    with self._cv:
-                        self.busy -= 1
-                        self.last_activity = time.monotonic()
-                        self._cv.notify_all()
-                try:
-                    send(conn, reply)
-                except OSError:
-                    return
+                    self.busy -= 1
+                    self.last_activity = time.monotonic()
+                    self._cv.notify_all()
+            if not conn.send(reply):
+                return
 
-    def _handle(self, op: str | None, args: dict[str, Any], conn: socket.socket) -> Any:
-        eng = self.engine
-        if op == "ping":
-            return {"pid": os.getpid(), "home": str(eng.home)}
-        if op == "status":
-            return eng.status(args["id"]).model_dump(mode="json")
-        if op == "list":
-            return [
-                i.model_dump(mode="json") for i in eng.list(args.get("status"), args.get("limit"))
-            ]
-        if op == "run":
-            progress = _StreamProgress(conn)
-            res = eng.run(
-                args["notebook"],
-                args.get("parameters"),
-                args.get("id"),
-                args.get("output"),
-                from_text=bool(args.get("from_text")),
-                progress=progress,
-                on_created=lambda iid: progress._emit({"event": "created", "id": iid}),
-                if_exists=args.get("if_exists", "return"),
-            )
-            return res.model_dump(mode="json")
-        if op == "resume":
-            res = eng.resume(args["id"], args.get("notebook"), progress=_StreamProgress(conn))
-            return res.model_dump(mode="json")
-        if op == "open_session":
-            return eng.open_session(args["notebook"], args["pid"], args.get("cwd"))
-        if op == "checkpoint":
-            eng.commit_interactive(args["id"], args["step"])
+    def _answer(self, conn: _Conn, req: _Request) -> dict[str, Any] | None:
+        """The reply to ``req``; None when the client could not be told it was accepted
+        (then nothing was done, which is what the client will assume)."""
+        conn.send({"event": "accepted"})
+        if not conn.flush(ACCEPT_TIMEOUT):
             return None
-        if op == "end_session":
-            eng.end_session(args["id"])
-            return None
-        if op in ("pause", "unpause", "terminate"):
-            status = getattr(eng, op)(args["id"])
-            return {"status": status.value, "resumed_by_engine": eng.wakes_instances}
-        if op == "restart":
-            eng.restart(args["id"], args.get("from_cell"))
-            return None
-        if op == "send_event":
-            delivered = eng.send_event(args["id"], args["name"], args.get("data"))
-            return {"delivered": delivered, "resumed_by_engine": delivered and eng.wakes_instances}
-        if op == "restore_plan":
-            return eng.session_restore_plan(args["id"])
-        raise BadInput(f"unknown operation {op!r}")
+
+        def created(iid: str) -> None:
+            conn.send({"event": "created", "id": iid})
+
+        try:
+            result = req.run(self.engine, _StreamProgress(conn), created)
+        except DurabookError as exc:
+            return _error_reply(exc)
+        except Exception as exc:
+            log.exception("control request %s failed", req.op)
+            return {
+                "ok": False,
+                "error": {
+                    "code": ErrorCode.INTERNAL.value,
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "exit_code": 1,
+                },
+            }
+        return {"ok": True, "result": result}
 
     def idle_for(self) -> float:
         """Seconds since the last request ended, or 0 while anyone is connected or served."""
@@ -188,52 +562,259 @@ class ControlServer:
                 return 0.0
             return time.monotonic() - self.last_activity
 
-    def wait_idle(self) -> None:
+    def drain(self) -> None:
+        """Wait until no request is being served, then accept no new one.
+
+        Both under one lock: a request is either accepted before (and waited for) or
+        refused unseen after, so its client can safely ask again elsewhere."""
         with self._cv:
             while self.busy:
                 self._cv.wait()
+            self._closing = True
 
     def close(self) -> None:
-        self._closed = True
+        with self._cv:
+            self._closing = True
+            conns = list(self._conns)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
         with contextlib.suppress(OSError):
             self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                self.path.unlink()
+        for conn in conns:
+            conn.stop_reading()
+        # their threads tear down kernel clients' leftovers: let them finish before this
+        # process exits (daemon threads still at work during the interpreter's exit can
+        # abort it); a request still being served (serve stopped mid-run) is not waited for
+        deadline = time.monotonic() + CLOSE_WAIT
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        for conn in conns:
+            conn.join(deadline)
+
+
+# -- client side ---------------------------------------------------------------------
+
+
+def _connect(path: Path) -> socket.socket | None:
+    try:
+        return wire_connect(path)
+    except UnsafeSocket as exc:
+        raise UnsafePath(str(exc), path=exc.path) from None
+
+
+def _acquire(path: Path, deadline: float) -> Engine | socket.socket:
+    """Open the home's store, or reach the process that has it open."""
+    while True:
+        try:
+            return Engine(path)
+        except EngineBusy as busy:
+            sock = _connect(path)
+            if sock is not None:
+                return sock
+            if time.monotonic() > deadline:
+                raise EngineBusy(
+                    busy.message + ", which does not answer on its control "
+                    "socket; try again when it has finished",
+                    **busy.fields,
+                ) from None
+            time.sleep(0.1)  # the owner is starting up (or just leaving)
+
+
+def _serve_engine(eng: Engine, serve: bool) -> ControlServer | None:
+    if not serve:
+        return None
+    try:
+        return ControlServer(eng)
+    except BaseException:
+        eng.close()
+        raise
+
+
+def _release(eng: Engine, server: ControlServer | None) -> None:
+    try:
+        if server is not None:
+            server.drain()
+            server.close()
+    finally:
+        eng.close()
+
+
+def _gone(pid: int | None) -> bool:
+    """The process has exited (a zombie counts: only its parent has not reaped it)."""
+    if pid is None:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    return state in (b"Z", b"X")
+
+
+class _NotServed(Exception):
+    """The connection ended before the engine accepted the request: nothing was done."""
+
+
+class _Lost(Exception):
+    """The connection ended after the engine accepted the request."""
 
 
 class RemoteEngine:
-    """The engine's verbs, asked of the process that owns the home."""
+    """The engine's verbs, asked of the process that owns the home.
 
-    def __init__(self, home: Path, sock: socket.socket) -> None:
+    When that owner leaves before taking a request, the request goes to the next
+    owner, or this process opens the store itself (serving others too when
+    ``serve``) and answers it here: callers see one engine either way.
+    """
+
+    def __init__(
+        self, home: Path, sock: socket.socket, serve: bool = False, wait: float = 10.0
+    ) -> None:
         self.home = home
+        self.serve = serve
+        self.wait = wait
+        self._local: Engine | None = None
+        self._server: ControlServer | None = None
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rfile = sock.makefile("rb")
+        try:
+            self.peer_pid: int | None = peer_credentials(sock)[0]
+        except OSError:
+            self.peer_pid = None
+
+    def _detach(self) -> None:
+        with contextlib.suppress(OSError):
+            self.rfile.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
     def close(self) -> None:
-        self.rfile.close()
-        self.sock.close()
+        self._detach()
+        if self._local is not None:
+            eng, self._local = self._local, None
+            _release(eng, self._server)
+
+    def _reconnect(self, deadline: float) -> None:
+        self._detach()
+        target = _acquire(self.home, deadline)
+        if isinstance(target, Engine):
+            self._server = _serve_engine(target, self.serve)
+            self._local = target
+        else:
+            self._attach(target)
 
     def _call(
         self, op: str, progress: Progress | None = None, on_created: Any = None, **args: Any
     ) -> Any:
-        send(self.sock, {"op": op, "args": args})
+        deadline: float | None = None
+        asked_again = False
+        known = {"id": args.get("id")}
+
+        def created(iid: str) -> None:
+            known["id"] = iid
+            if on_created:
+                on_created(iid)
+
         while True:
-            msg = recv(self.rfile)
-            event = msg.get("event")
-            if event == "start" and progress:
-                progress.start(msg["id"], msg["total"], msg["done"])
-            elif event == "committed" and progress:
-                progress.committed(msg["index"])
-            elif event == "created" and on_created:
-                on_created(msg["id"])
-            elif event is None:
+            if self._local is not None:
+                return _Request(op, args).run(self._local, progress, on_created)
+            try:
+                msg = self._ask(op, args, progress, created, known)
+            except _NotServed:
+                pass
+            except _Lost:
+                if op not in _READ_ONLY or asked_again:
+                    raise EngineLost(
+                        self._lost_message(op, known["id"]), op=op, instance=known["id"]
+                    ) from None
+                asked_again = True  # a read: safe to ask whoever owns the home now
+            else:
                 break
+            if deadline is None:
+                deadline = time.monotonic() + self.wait
+            elif time.monotonic() > deadline:
+                raise EngineBusy(
+                    f"the engine of {self.home} did not take the request `{op}`; try again"
+                )
+            self._reconnect(deadline)
         if msg.get("ok"):
             return msg.get("result")
-        err = msg.get("error", {})
+        err = msg.get("error") or {}
         cls = _ERRORS.get(err.get("code", ""), DurabookError)
         fields = {k: v for k, v in err.items() if k not in ("code", "message", "exit_code")}
         raise cls(err.get("message", "engine error"), **fields)
+
+    def _ask(
+        self,
+        op: str,
+        args: dict[str, Any],
+        progress: Progress | None,
+        created: Callable[[str], None],
+        known: dict[str, Any],
+    ) -> dict[str, Any]:
+        data = encode({"op": op, "args": args})
+        limit = max_message_bytes()
+        if len(data) > limit + 1:
+            raise BadInput(
+                f"the request `{op}` is larger than the {limit} bytes a message may hold "
+                "(DURABOOK_MAX_MESSAGE_BYTES)"
+            )
+        accepted = False
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)  # on failure a reply may still wait: read it below
+        while True:
+            try:
+                msg = recv(self.rfile)  # the engine's uid was checked: its replies are trusted
+            except (OSError, ValueError):
+                raise (_Lost if accepted else _NotServed)() from None
+            if not isinstance(msg, dict):
+                raise _Lost()
+            event = msg.get("event")
+            if event is None:
+                return msg
+            if event == "accepted":
+                accepted = True
+            elif event == "created":
+                created(msg["id"])
+            elif event == "start":
+                known["id"] = msg["id"]
+                if progress:
+                    progress.start(msg["id"], msg["total"], msg["done"])
+            elif event == "committed" and progress:
+                progress.committed(msg["index"])
+
+    def _lost_message(self, op: str, instance_id: str | None) -> str:
+        pid = self.peer_pid
+        who = f"the engine of {self.home}" + (f" (pid {pid})" if pid else "")
+        deadline = time.monotonic() + 1.0
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the socket closes a moment before the process is gone
+        if not _gone(pid):
+            text = f"lost the connection to {who} while it served `{op}`"
+            if instance_id:
+                return text + f"; `durabook status {instance_id}` shows how the instance goes on"
+            return text + "; try again"
+        text = f"{who} went away while serving `{op}`"
+        if instance_id and op in ("run", "resume", "restart", "unpause", "send_event"):
+            return (
+                text + "; the instance continues from its last committed cell with "
+                f"`durabook resume {instance_id}`"
+            )
+        if op == "run":
+            return text + "; `durabook list` shows whether the instance was created"
+        return text + "; try again"
 
     def run(
         self,
@@ -245,6 +826,8 @@ class RemoteEngine:
         progress: Progress | None = None,
         on_created: Any = None,
         if_exists: str = "return",
+        env: dict[str, str] | None = None,
+        scan_all: bool = False,
     ) -> RunResult:
         out = self._call(
             "run",
@@ -256,14 +839,21 @@ class RemoteEngine:
             output=str(Path(output).absolute()) if output else None,
             from_text=from_text,
             if_exists=if_exists,
+            env=env,
+            scan_all=scan_all,
         )
         return RunResult.model_validate(out)
 
     def resume(
-        self, instance_id: str, notebook: Any = None, progress: Progress | None = None
+        self,
+        instance_id: str,
+        notebook: Any = None,
+        progress: Progress | None = None,
+        now: bool = False,
     ) -> RunResult:
         nb = str(Path(notebook).absolute()) if notebook else None
-        return RunResult.model_validate(self._call("resume", progress, id=instance_id, notebook=nb))
+        out = self._call("resume", progress, id=instance_id, notebook=nb, now=now)
+        return RunResult.model_validate(out)
 
     def status(self, instance_id: str) -> InstanceStatus:
         return InstanceStatus.model_validate(self._call("status", id=instance_id))
@@ -296,33 +886,16 @@ def open_engine(
     and on leaving waits for the runs it accepted.
     """
     path = resolve_home(home)
-    deadline = time.monotonic() + wait
-    while True:
+    target = _acquire(path, time.monotonic() + wait)
+    if isinstance(target, Engine):
+        server = _serve_engine(target, serve)
         try:
-            eng = Engine(path)
-        except EngineBusy as busy:
-            sock = connect(path)
-            if sock is not None:
-                remote = RemoteEngine(path, sock)
-                try:
-                    yield remote
-                finally:
-                    remote.close()
-                return
-            if time.monotonic() > deadline:
-                raise EngineBusy(
-                    busy.message + ", which does not answer on its control "
-                    "socket; try again when it has finished",
-                    **busy.fields,
-                ) from None
-            time.sleep(0.1)  # the owner is starting up (or just leaving)
-            continue
-        server = ControlServer(eng) if serve else None
-        try:
-            yield eng
+            yield target
         finally:
-            if server is not None:
-                server.wait_idle()
-                server.close()
-            eng.close()
+            _release(target, server)
         return
+    remote = RemoteEngine(path, target, serve=serve, wait=wait)
+    try:
+        yield remote
+    finally:
+        remote.close()

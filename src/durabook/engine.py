@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -22,8 +23,9 @@ import nbformat
 from nbformat import NotebookNode
 
 from .blobs import BlobStore
-from .checkpoints import committed_prefix, restore_plan, step_record
-from .errors import BadInput, InvalidState, UnknownInstance, UnrestorableState
+from .checkpoints import committed_prefix, restore_plan
+from .errors import BadInput, InvalidState, UnknownInstance, UnrestorableState, storage_full
+from .home import prepare_home, tighten
 from .lifecycle import Lifecycle
 from .models import (
     ErrorInfo,
@@ -42,7 +44,8 @@ from .notebook import (
     version_hash,
 )
 from .output import build_output, write_notebook
-from .pool import KernelPool, KernelProcess
+from .pool import KernelPool, KernelProcess, kernel_environment
+from .recovery import Recovery
 from .runner import CellPlan, CellResult, Runner
 from .sessions import INTERACTIVE, Sessions
 from .steps import cell_body, check_step_options, step_options
@@ -89,6 +92,23 @@ def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Variables a run declares for its kernel: names as POSIX shells allow, string values."""
+    if not isinstance(env, dict):
+        raise BadInput("env must map variable names to string values")
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise BadInput(f"invalid environment variable name {name!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise BadInput(f"the value of {name} must be a string without NUL bytes")
+    if sum(len(k) + len(v) for k, v in env.items()) > 1 << 20:
+        raise BadInput("the declared environment is over 1 MiB")
+    return dict(env)
+
+
 def check_instance_id(instance_id: str) -> str:
     if not instance_id or len(instance_id) > 64 or not set(instance_id) <= _ID_CHARS:
         raise BadInput(
@@ -100,11 +120,14 @@ def check_instance_id(instance_id: str) -> str:
 class Engine(Suspensions, Lifecycle, Sessions):
     def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
         self.home = resolve_home(home)
-        self.home.mkdir(parents=True, exist_ok=True)
+        prepare_home(self.home)  # 0700, ours alone: see durabook.home
         self.store = Store(self.home / "durabook.duckdb")
+        tighten(self.store.path)  # DuckDB made it with the umask: the owner's alone
         self.writer = Writer(self.store)
         self.blobs = BlobStore(self.home / "blobs")
-        self.pool = KernelPool(pool_size, log_dir=self.home / "logs")
+        env = kernel_environment()
+        env["DURABOOK_HOME"] = str(self.home)  # a cell's own durabook.Client() finds this home
+        self.pool = KernelPool(pool_size, log_dir=self.home / "logs", env=env)
         self._me = (os.getpid(), _proc_start(os.getpid()), socket.gethostname())
         self._active: set[str] = set()
         self._kernels: dict[str, KernelProcess] = {}
@@ -112,6 +135,14 @@ class Engine(Suspensions, Lifecycle, Sessions):
         self.wakes_instances = False  # True in `durabook serve`: it resumes what it wakes
         self.woken: set[str] = set()
         self._lock = threading.Lock()
+        self.recovery = Recovery(
+            self.home,
+            self.store,
+            self.writer,
+            self.blobs,
+            self.executed_notebook,
+            self._running_here,
+        )
         self.recover_orphans()
 
     def close(self) -> None:
@@ -136,12 +167,18 @@ class Engine(Suspensions, Lifecycle, Sessions):
         if_exists: str = "return",
         source_path: str | None = None,
         cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        scan_all: bool = False,
     ) -> tuple[str, bool]:
         """Validate and insert a ``queued`` instance. Returns (id, created).
 
         ``notebook`` may be a path or a notebook already in memory (papermill's
         engine passes one with its parameters injected: they are kept as they are).
+        ``env``: variables the run's kernel gets beyond the allow-list (kernels start
+        with a scrubbed environment); kept with the instance, so a resume has them too.
+        ``scan_all``: look at every variable after every cell (see README).
         """
+        options = {"env": check_env(env or {}), "scan_all": bool(scan_all)}
         if isinstance(notebook, NotebookNode):
             nb = parse_notebook(nbformat.writes(notebook), source_path or "<notebook>")
             path = Path(source_path or "notebook.ipynb").absolute()
@@ -157,20 +194,27 @@ class Engine(Suspensions, Lifecycle, Sessions):
                     raise BadInput(f"instance {instance_id} already exists", instance=instance_id)
                 return instance_id, False
         iid = instance_id or _new_id()
-        vhash = self._put_version(nb, path)
         out = (
             str(Path(output).absolute()) if output else str(self.home / "outputs" / f"{iid}.ipynb")
         )
-        row = {
-            "id": iid,
-            "notebook": str(path),
-            "version": vhash,
-            "status": Status.QUEUED.value,
-            "parameters": params,
-            "output": out,
-            "cwd": cwd or str(path.parent),
-        }
-        self.writer.call(lambda c: Store.insert_instance(c, row))
+        try:
+            vhash = self._put_version(nb, path)
+            row = {
+                "id": iid,
+                "notebook": str(path),
+                "version": vhash,
+                "status": Status.QUEUED.value,
+                "parameters": params,
+                "output": out,
+                "cwd": cwd or str(path.parent),
+                "options": options,
+            }
+            self.writer.call(lambda c: Store.insert_instance(c, row))
+        except Exception as exc:
+            full = storage_full(exc, self.home)
+            if full is not None:
+                raise full from None
+            raise
         return iid, True
 
     def _put_version(self, nb: NotebookNode, path: str | os.PathLike[str]) -> str:
@@ -213,9 +257,18 @@ class Engine(Suspensions, Lifecycle, Sessions):
         progress: Progress | None = None,
         on_created: Callable[[str], None] | None = None,
         if_exists: str = "return",
+        env: dict[str, str] | None = None,
+        scan_all: bool = False,
     ) -> RunResult:
         iid, created = self.create(
-            notebook, parameters, instance_id, output, from_text, if_exists=if_exists
+            notebook,
+            parameters,
+            instance_id,
+            output,
+            from_text,
+            if_exists=if_exists,
+            env=env,
+            scan_all=scan_all,
         )
         if on_created:
             on_created(iid)
@@ -229,9 +282,15 @@ class Engine(Suspensions, Lifecycle, Sessions):
         instance_id: str,
         notebook: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
+        now: bool = False,
     ) -> RunResult:
+        """Continue an instance; ``now`` wakes a sleeper before its time."""
         inst = self._instance(instance_id)
         status = Status(inst["status"])
+        if now:
+            self.wake_now(instance_id)
+            inst = self._instance(instance_id)
+            status = Status(inst["status"])
         if status.final:
             raise InvalidState(
                 f"instance {instance_id} is {status.value}; nothing to resume",
@@ -245,13 +304,14 @@ class Engine(Suspensions, Lifecycle, Sessions):
                 status=status.value,
             )
         if status in (Status.SLEEPING, Status.WAITING):
-            self.tick()  # due already? then it is queued now
+            self._wake_if_due(inst)  # due already? then it is queued now
             inst = self._instance(instance_id)
             status = Status(inst["status"])
             if status == Status.SLEEPING:
                 raise InvalidState(
                     f"instance {instance_id} sleeps until {inst['wake_at']:%Y-%m-%d %H:%M:%S} "
-                    "UTC; `durabook serve` resumes it then",
+                    f"UTC; `durabook serve` resumes it then (`durabook resume {instance_id} "
+                    "--now` wakes it early)",
                     instance=instance_id,
                     status=status.value,
                 )
@@ -301,116 +361,162 @@ class Engine(Suspensions, Lifecycle, Sessions):
     def execute(
         self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
     ) -> RunResult:
-        """Run an instance's uncommitted cells; ``timeout`` is seconds per cell."""
+        """Run an instance's uncommitted cells; ``timeout`` is seconds per cell.
+
+        In-process retries (short %%step delays) and events that arrived before a
+        wait loop here; every pass claims the instance and releases it in ``finally``,
+        so no failure of ours leaves it claimed by a live engine.
+        """
         progress = progress or Progress()
-        inst = self._instance(instance_id)
+        while True:
+            self.recovery.recover_journals(instance_id)
+            inst = self._instance(instance_id)
+            if Status(inst["status"]) == Status.TERMINATED:
+                return self._result(inst)  # terminated meanwhile: nothing resumes it
+            self._claim(instance_id)
+            try:
+                inst = self._instance(instance_id)
+                if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
+                    return self._result(inst)
+                result, again = self._execute_once(inst, progress, timeout)
+            finally:
+                with self._lock:
+                    self._active.discard(instance_id)
+                    self._kernels.pop(instance_id, None)
+                    self._terminating.discard(instance_id)
+            if again is None:
+                return result
+            time.sleep(again)
+
+    def _execute_once(
+        self, inst: dict[str, Any], progress: Progress, timeout: float | None
+    ) -> tuple[RunResult, float | None]:
+        """One kernel's worth of a run. Returns the result, and the seconds to wait
+        before running again in this process (None: the run is over for now)."""
+        iid = inst["id"]
         nb = self.executed_notebook(inst)
         code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        latest, attempts = self.store.latest_steps(instance_id)
+        latest, attempts = self.store.latest_steps(iid)
         done = committed_prefix(code, latest)
         try:
             plan = restore_plan(code, latest, done)
         except UnrestorableState as exc:
             failed = code[done][0] if done < len(code) else None
-            return self._finish(
-                inst,
-                nb,
-                Status.FAILED,
-                failed,
-                ErrorInfo(ename="UnrestorableState", evalue=exc.message),
-            )
+            err = ErrorInfo(ename="UnrestorableState", evalue=exc.message)
+            return self._finish(inst, nb, Status.FAILED, failed, err), None
         todo = []
         for i, c in code[done:]:
             opts = step_options(c, i)
+            body = cell_body(c.source)
             todo.append(
                 CellPlan(
                     i,
                     c.get("id"),
-                    cell_body(c.source),
+                    body,
                     source_hash(c.source),
                     opts.timeout if opts else None,
                     opts,
                 )
             )
-        self._claim(instance_id)
-        progress.start(instance_id, len(code), done)
-        kernel = None
+        counts = [
+            r["execution_count"] or 0
+            for i, r in latest.items()
+            if i < (todo[0].index if todo else 1 << 30)
+        ]
+        progress.start(iid, len(code), done)
+        journal = self.recovery.new_journal(iid)
         futures: list[Future[Any]] = []
+        outcome = None
+        kernel = None
         try:
-            stop = self.stop_file(instance_id)
+            stop = self.stop_file(iid)
             stop.unlink(missing_ok=True)
             kernel = self.pool.acquire()
             with self._lock:
-                self._kernels[instance_id] = kernel
-            runner = Runner(kernel)
+                self._kernels[iid] = kernel
+                terminating = iid in self._terminating
+            if terminating:  # `terminate` came while the kernel was starting
+                kernel.kill()
+            runner = Runner(kernel, self.blobs.get)
 
             def on_step(res: CellResult) -> None:
                 progress.executed(res)
-                futures.append(self._commit_step(instance_id, res, attempts, progress))
+                futures.append(self._commit_step(iid, res, attempts, progress))
 
+            options = inst["options"] or {}
             outcome = runner.run(
                 todo,
                 {
                     **plan.to_plan(),
                     "blobs": str(self.blobs.root),
+                    "journal": str(journal),
                     "cwd": inst["cwd"],
                     "resolutions": inst["resolutions"],
                     "stop_file": str(stop),
+                    "execution_count": max(counts, default=0) + 1,
+                    "env": options.get("env") or {},
+                    "scan_all": bool(options.get("scan_all")),
                 },
                 on_step,
                 timeout=timeout,
             )
+            if outcome.interrupted is not None and outcome.error is not None:
+                # a killed attempt is an attempt: retry budgets and `status` count it
+                futures.append(
+                    self._commit_interrupted(
+                        iid, outcome.interrupted, outcome.error, attempts, outcome.interrupted_rid
+                    )
+                )
         except BaseException as exc:
-            for f in futures:
-                f.exception()
             with self._lock:
-                terminating = instance_id in self._terminating
+                terminating = iid in self._terminating
             if not (terminating and isinstance(exc, Exception)):
+                for f in futures:
+                    f.exception()
+                full = storage_full(exc, self.home)
                 err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
+                if full is not None:
+                    err = ErrorInfo(ename="StorageFull", evalue=full.message)
                 self._finish(inst, nb, Status.FAILED, todo[0].index if todo else None, err)
+                if full is not None:
+                    raise full from exc
                 raise
             # `durabook terminate` closed the kernel under the runner: recorded below
         finally:
-            with self._lock:
-                self._kernels.pop(instance_id, None)
-                terminated = instance_id in self._terminating
-                self._terminating.discard(instance_id)
             if kernel is not None:
                 kernel.close()
         for f in futures:
-            f.result()  # every step committed before the instance is declared done
-        if terminated:
-            return self._finish(inst, nb, Status.TERMINATED, None, None)
+            try:
+                f.result()  # every step copied into the store before the instance is done
+            except Exception as exc:
+                full = storage_full(exc, self.home)
+                if full is not None:
+                    raise full from exc  # the journal keeps the cells: nothing is lost
+                raise
+        self.recovery.done_with(journal)
+        with self._lock:
+            terminated = iid in self._terminating
+        if terminated or outcome is None:
+            return self._finish(inst, nb, Status.TERMINATED, None, None), None
         if outcome.paused:
-            return self._finish(inst, nb, Status.PAUSED, None, None)
+            return self._finish(inst, nb, Status.PAUSED, None, None), None
         if outcome.suspended is not None:
             status, fields = self._suspension_fields(outcome.suspended)
             res = self._finish(inst, nb, status, None, None, **fields)
-            if self._deliver_pending(instance_id, outcome.suspended):
-                return self.execute(instance_id, progress, timeout)  # it had already arrived
-            return res
+            if self._deliver_pending(iid, outcome.suspended):
+                return res, 0.0  # it had already arrived: go on at once
+            return res, None
         if outcome.ok:
-            return self._finish(inst, nb, Status.COMPLETED, None, None)
+            return self._finish(inst, nb, Status.COMPLETED, None, None), None
         failed = outcome.failed.index if outcome.failed else (todo[0].index if todo else None)
-        delay = outcome.error.retry_in_s if outcome.error else None
+        error = outcome.error
+        if failed is not None and error is not None and error.retry_in_s is None:
+            error = self._retry_delay(failed, error, todo, attempts)
+        delay = error.retry_in_s if error else None
         if delay is None:
-            return self._finish(inst, nb, Status.FAILED, failed, outcome.error)
-        return self._retry(inst, nb, failed, outcome.error, delay, progress, timeout)
-
-    def _retry(
-        self,
-        inst: dict[str, Any],
-        nb: NotebookNode,
-        failed: int | None,
-        error: ErrorInfo | None,
-        delay: float,
-        progress: Progress,
-        timeout: float | None,
-    ) -> RunResult:
-        """A %%step retry: a fresh kernel restored to the state before the cell. Short
-        delays wait here; longer ones sleep durably, holding no process."""
-        iid = inst["id"]
+            return self._finish(inst, nb, Status.FAILED, failed, error), None
         if delay > IN_PROCESS_RETRY_MAX:
+            # a %%step retry far off: sleep durably, holding no process
             request = {
                 "kind": "sleep",
                 "key": f"retry:{failed}:{time.time_ns()}",
@@ -418,10 +524,19 @@ class Engine(Suspensions, Lifecycle, Sessions):
                 "retry_of": failed,
             }
             status, fields = self._suspension_fields(request)
-            return self._finish(inst, nb, status, failed, error, **fields)
-        self._finish(inst, nb, Status.QUEUED, failed, error)
-        time.sleep(delay)
-        return self.execute(iid, progress, timeout)
+            return self._finish(inst, nb, status, failed, error, **fields), None
+        return self._finish(inst, nb, Status.QUEUED, failed, error), delay
+
+    @staticmethod
+    def _retry_delay(
+        failed: int, error: ErrorInfo, todo: list[CellPlan], attempts: dict[int, int]
+    ) -> ErrorInfo:
+        """A failure the runner saw outside a step record (a killed attempt): retry it
+        as %%step says, like any failed attempt."""
+        opts = next((c.options for c in todo if c.index == failed), None)
+        if opts is not None and attempts.get(failed, 0) <= opts.retries:
+            return error.model_copy(update={"retry_in_s": opts.delay_before(attempts[failed])})
+        return error
 
     def _claim(self, instance_id: str) -> None:
         pid, start, host = self._me
@@ -429,18 +544,23 @@ class Engine(Suspensions, Lifecycle, Sessions):
             if instance_id in self._active:
                 raise InvalidState(f"instance {instance_id} is already running here")
             self._active.add(instance_id)
-        self.writer.call(
-            lambda c: Store.update_instance(
-                c,
-                instance_id,
-                status=Status.RUNNING,
-                owner_pid=pid,
-                owner_start=start,
-                owner_host=host,
-                failed_cell=None,
-                error=None,
+        try:
+            self.writer.call(
+                lambda c: Store.update_instance(
+                    c,
+                    instance_id,
+                    status=Status.RUNNING,
+                    owner_pid=pid,
+                    owner_start=start,
+                    owner_host=host,
+                    failed_cell=None,
+                    error=None,
+                )
             )
-        )
+        except BaseException:
+            with self._lock:
+                self._active.discard(instance_id)
+            raise
 
     def _commit_step(
         self, instance_id: str, res: CellResult, attempts: dict[int, int], progress: Progress
@@ -451,7 +571,7 @@ class Engine(Suspensions, Lifecycle, Sessions):
         opts = res.cell.options
         if not res.ok and c.get("error") and opts is not None and attempts[index] <= opts.retries:
             c["error"]["retry_in_s"] = opts.delay_before(attempts[index])
-        step = step_record(
+        row = self.recovery.step_row(
             instance_id,
             index,
             res.cell.cell_id,
@@ -459,13 +579,8 @@ class Engine(Suspensions, Lifecycle, Sessions):
             res.ok,
             attempts[index],
             c,
+            res.rid,
         )
-        text = json.dumps(res.outputs)
-        blob = None
-        if len(text) > OUTPUTS_INLINE_LIMIT:
-            blob = self.blobs.put(text.encode())  # fsynced before the row naming it
-            text = None  # type: ignore[assignment]
-        row = Store.step_row(step, time.time_ns(), text, blob)
         fut = self.writer.submit_steps([row])
         if res.ok:
 
@@ -475,6 +590,28 @@ class Engine(Suspensions, Lifecycle, Sessions):
 
             fut.add_done_callback(done)
         return fut
+
+    def _commit_interrupted(
+        self,
+        instance_id: str,
+        cell: CellPlan,
+        error: ErrorInfo,
+        attempts: dict[int, int],
+        rid: str | None,
+    ) -> Future[Any]:
+        attempts[cell.index] = attempts.get(cell.index, 0) + 1
+        content = {"status": "error", "error": error.model_dump(), "started_at": time.time()}
+        row = self.recovery.step_row(
+            instance_id,
+            cell.index,
+            cell.cell_id,
+            cell.source_hash,
+            False,
+            attempts[cell.index],
+            content,
+            rid,
+        )
+        return self.writer.submit_steps([row])
 
     def _finish(
         self,
@@ -486,35 +623,42 @@ class Engine(Suspensions, Lifecycle, Sessions):
         **fields: Any,
     ) -> RunResult:
         iid = inst["id"]
-        latest, attempts = self.store.latest_steps(iid)
+        try:
+            output = self._write_output(inst, nb, status, failed_cell)
+            self.writer.call(
+                lambda c: Store.update_instance(
+                    c,
+                    iid,
+                    status=status,
+                    failed_cell=failed_cell,
+                    error=error.model_dump() if error else None,
+                    owner_pid=None,
+                    owner_start=None,
+                    **fields,
+                )
+            )
+        finally:
+            with self._lock:
+                self._active.discard(iid)
+        return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
+
+    def _write_output(
+        self, inst: dict[str, Any], nb: NotebookNode, status: Status, failed_cell: int | None
+    ) -> str | None:
+        latest, attempts = self.store.latest_steps(inst["id"])
         meta = {
-            "instance_id": iid,
+            "instance_id": inst["id"],
             "version": inst["version"],
             "status": status.value,
             "parameters": inst["parameters"],
             "failed_cell": failed_cell,
         }
-        out_nb = build_output(nb, latest, attempts, meta, self.blobs.get)
         try:
+            out_nb = build_output(nb, latest, attempts, meta, self.blobs.get)
             write_notebook(out_nb, inst["output"])
-            output = inst["output"]
-        except OSError:
-            output = None
-        self.writer.call(
-            lambda c: Store.update_instance(
-                c,
-                iid,
-                status=status,
-                failed_cell=failed_cell,
-                error=error.model_dump() if error else None,
-                owner_pid=None,
-                owner_start=None,
-                **fields,
-            )
-        )
-        with self._lock:
-            self._active.discard(iid)
-        return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
+        except (OSError, ValueError):  # a full disk, a lost blob: the run's state is still kept
+            return None
+        return str(inst["output"])
 
     def _result(self, inst: dict[str, Any]) -> RunResult:
         return RunResult(
@@ -549,7 +693,14 @@ class Engine(Suspensions, Lifecycle, Sessions):
                 self.end_session(inst["id"], Status.TERMINATED)
                 found.append(inst["id"])
                 continue
+            # the cells its kernel journaled are committed: copy them in first
+            suspension = self.recovery.recover_journals(inst["id"])
             nb = self.executed_notebook(inst)
+            if suspension is not None:  # it was suspending when its process died
+                status, fields = self._suspension_fields(suspension)
+                self._finish(inst, nb, status, None, None, **fields)
+                found.append(inst["id"])
+                continue
             code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
             latest, _ = self.store.latest_steps(inst["id"])
             done = committed_prefix(code, latest)
@@ -571,7 +722,17 @@ class Engine(Suspensions, Lifecycle, Sessions):
             inst = self._instance(instance_id)
         nb = self.executed_notebook(inst)
         code = [(i, c.get("id")) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        return self.store.status(instance_id, code)
+        names: dict[int, str] = {}
+        for i, c in enumerate(nb.cells):
+            if c.cell_type != "code":
+                continue
+            try:
+                opts = step_options(c, i)
+            except BadInput:
+                continue  # checked at create; a session's cells never were: no name, no error
+            if opts is not None and opts.name:
+                names[i] = opts.name
+        return self.store.status(instance_id, code, names)
 
     def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
         if status is not None:

@@ -14,13 +14,17 @@ __all__ = [
     "CellExecutionFailed",
     "DurabookError",
     "EngineBusy",
+    "EngineLost",
     "ErrorCode",
     "InvalidNotebook",
     "InvalidParameter",
     "InvalidState",
     "KernelDied",
+    "StorageFull",
     "UnknownInstance",
     "UnrestorableState",
+    "UnsafePath",
+    "storage_full",
 ]
 
 
@@ -34,6 +38,9 @@ class ErrorCode(str, Enum):
     KERNEL_DIED = "kernel_died"
     UNRESTORABLE_STATE = "unrestorable_state"
     CELL_FAILED = "cell_failed"
+    STORAGE_FULL = "storage_full"
+    ENGINE_LOST = "engine_lost"
+    UNSAFE_PATH = "unsafe_path"
     INTERNAL = "internal"
 
 
@@ -102,3 +109,41 @@ class UnrestorableState(DurabookError):
 
 class CellExecutionFailed(DurabookError):
     code = ErrorCode.CELL_FAILED
+
+
+class StorageFull(DurabookError):
+    """The home's disk is full (or over quota). The instance stays resumable."""
+
+    code = ErrorCode.STORAGE_FULL
+
+
+class EngineLost(DurabookError):
+    """The engine serving this request went away (killed, crashed). Exit status 4."""
+
+    code = ErrorCode.ENGINE_LOST
+    exit_code = 4
+
+
+class UnsafePath(DurabookError):
+    """A folder or socket durabook must trust is owned or writable by someone else."""
+
+    code = ErrorCode.UNSAFE_PATH
+    exit_code = 2
+
+
+_FULL_MARKERS = ("no space left on device", "disk quota exceeded", "disk full")
+
+
+def storage_full(exc: BaseException, home: Any) -> StorageFull | None:
+    """A StorageFull naming the home when ``exc`` is a full disk (OSError or DuckDB's)."""
+    import errno
+
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = full or any(m in str(exc).lower() for m in _FULL_MARKERS)
+    if not full:
+        return None
+    return StorageFull(
+        f"no space left on the disk of {home}: free some space, then resume the instance "
+        "(its committed cells are kept)",
+        home=str(home),
+    )

@@ -45,6 +45,9 @@ class Lifecycle:
     def _instance(self, instance_id: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _wake_if_due(self, inst: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
     def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
         raise NotImplementedError
 
@@ -91,6 +94,8 @@ class Lifecycle:
         if req:
             status = Status.SLEEPING if req.get("kind") == "sleep" else Status.WAITING
         self._set(instance_id, status=status)
+        if status != Status.QUEUED and self._wake_if_due(self._instance(instance_id)):
+            status = Status.QUEUED  # an event kept while paused, or a timer that came due
         if status == Status.QUEUED and self.wakes_instances:
             self.woken.add(instance_id)
         return status
@@ -108,8 +113,11 @@ class Lifecycle:
             with self._lock:
                 self._terminating.add(instance_id)
                 kernel = self._kernels.get(instance_id)
+            # written now, whatever the run is doing (a kernel still starting included);
+            # the run winding down cannot overwrite it (see Store.update_instance)
+            self._set(instance_id, status=Status.TERMINATED, wake_at=None, waiting_for=None)
             if kernel is not None:
-                kernel.kill()  # the runner sees it die; execute() records `terminated`
+                kernel.kill()  # the runner sees it die; execute() finishes the record
             return Status.TERMINATED
         self._set(
             instance_id,

@@ -81,4 +81,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX events_instance ON events (instance_id);
         """,
     ),
+    (
+        4,
+        "step rows name their journal record (crash recovery copies each record once); "
+        "run options (declared environment, scan mode)",
+        """
+        ALTER TABLE steps ADD COLUMN rid VARCHAR;
+        ALTER TABLE instances ADD COLUMN options VARCHAR;
+        """,
+    ),
 ]

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "Attempt",
     "CellState",
     "CellStatus",
     "ErrorInfo",
@@ -96,6 +97,16 @@ class StepRecord(BaseModel):
     error: ErrorInfo | None = None
 
 
+class Attempt(BaseModel):
+    """One recorded attempt of a cell (a %%step retry makes several)."""
+
+    attempt: int
+    status: CellStatus
+    started_at: datetime | None = None
+    duration_ms: float | None = None
+    error: ErrorInfo | None = None  # with retry_in_s when a retry followed
+
+
 class CellState(BaseModel):
     index: int
     cell_id: str
@@ -106,6 +117,7 @@ class CellState(BaseModel):
     name: str | None = None  # the %%step name
     error: ErrorInfo | None = None  # the latest attempt's, when it failed
     unserializable: dict[str, UnserializableVar] = Field(default_factory=dict)
+    history: list[Attempt] = Field(default_factory=list)  # every attempt, oldest first
 
 
 class InstanceStatus(BaseModel):

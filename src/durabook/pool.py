@@ -30,9 +30,41 @@ from jupyter_client.connect import write_connection_file
 
 from .errors import KernelDied
 
-__all__ = ["KernelPool", "KernelProcess"]
+__all__ = [
+    "ENV_ALLOW",
+    "KernelPool",
+    "KernelProcess",
+    "close_thread_loop",
+    "kernel_environment",
+]
 
 PARENT_FD_ENV = "DURABOOK_PARENT_FD"
+
+# What a kernel needs to find its interpreter, libraries, locale and home: never the
+# engine's whole environment (tokens, passwords). A run adds what it declares
+# (`durabook run --env NAME`), an operator what every kernel may see
+# (DURABOOK_KERNEL_ENV="NAME,NAME").
+ENV_ALLOW = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM",
+        "TMPDIR", "TEMP", "TMP", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV", "JUPYTER_PATH", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR",
+        "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLBACKEND", "MPLCONFIGDIR", "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_MAX_THREADS",
+        "DURABOOK_HOME",
+    }
+)  # fmt: skip
+ENV_ALLOW_PREFIXES = ("LC_",)
+OPERATOR_ENV = "DURABOOK_KERNEL_ENV"
+
+
+def kernel_environment(source: dict[str, str] | None = None) -> dict[str, str]:
+    """The scrubbed environment kernels start with (from ``source``, default os.environ)."""
+    source = dict(os.environ if source is None else source)
+    allowed = set(ENV_ALLOW)
+    allowed.update(n.strip() for n in source.get(OPERATOR_ENV, "").split(",") if n.strip())
+    return {k: v for k, v in source.items() if k in allowed or k.startswith(ENV_ALLOW_PREFIXES)}
 
 
 class KernelProcess:
@@ -80,12 +112,9 @@ class KernelProcess:
             "--HistoryManager.enabled=False",
             "--IPKernelApp.log_level=ERROR",
         ]
-        kenv = dict(os.environ)
-        kenv.pop("JPY_PARENT_PID", None)
+        kenv = kernel_environment() if env is None else dict(env)
         kenv.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         kenv.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-        if env:
-            kenv.update(env)
         # the lifeline: not inheritable (PEP 446), so only this kernel gets the read end
         read_end, lifeline = os.pipe()
         kenv[PARENT_FD_ENV] = str(read_end)
@@ -94,7 +123,7 @@ class KernelProcess:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             log = log_dir / f"kernel-{uuid.uuid4().hex[:8]}.log"
-            out = open(log, "ab")  # noqa: SIM115 - handed to the child
+            out = open(log, "ab", opener=lambda p, f: os.open(p, f, 0o600))  # noqa: SIM115
         try:
             proc = subprocess.Popen(
                 cmd,
@@ -171,9 +200,12 @@ class KernelProcess:
 class KernelPool:
     """Warm kernels for runs. ``acquire()`` never returns a kernel twice."""
 
-    def __init__(self, size: int = 0, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, size: int = 0, log_dir: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.size = size
         self.log_dir = log_dir
+        self.env = env  # None: kernel_environment() at each start
         self._ready: deque[KernelProcess] = deque()
         self._lock = threading.Lock()
         self._starting = 0
@@ -189,7 +221,7 @@ class KernelPool:
 
     def _start_one(self) -> None:
         try:
-            k = KernelProcess.start(self.log_dir)
+            k = KernelProcess.start(self.log_dir, env=self.env)
         except Exception:
             k = None
         with self._lock:
@@ -218,7 +250,7 @@ class KernelPool:
             k.close()
             with self._lock:
                 k = self._ready.popleft() if self._ready else None
-        return k if k is not None else KernelProcess.start(self.log_dir)
+        return k if k is not None else KernelProcess.start(self.log_dir, env=self.env)
 
     def close(self) -> None:
         with self._lock:
@@ -226,3 +258,22 @@ class KernelPool:
             ready, self._ready = list(self._ready), deque()
         for k in ready:
             k.close()
+
+
+def close_thread_loop() -> None:
+    """Close the event loop jupyter_client's blocking calls left in this thread (a run's
+    kernel client makes one per thread). Left to the garbage collector, it is finalized
+    at the process's exit after its sockets and prints a traceback ("Invalid file
+    descriptor: -1") on the user's terminal. Call it as a thread that drove kernels
+    ends (ControlServer.close waits for its threads, so this never races the exit)."""
+    import asyncio
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            return  # none was made here
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()

@@ -1,11 +1,14 @@
 """The runner: executes a run's cells on one kernel and reports each finished cell.
 
 It sends one ``execute_request`` that calls the in-kernel driver
-(:func:`durabook_kernel.drive`), then reads IOPub: every output message goes
-to the current cell, every ``durabook_step`` message closes that cell and is
-handed to ``on_step`` (which commits it). A kernel that dies (SIGKILL, OOM) is
-noticed within a quarter of a second and reported as ``DeadKernelError`` at the
-cell it was running.
+(:func:`durabook_kernel.drive`). The driver journals each finished cell (its
+outputs and checkpoint manifest, fsynced) before it starts the next, then
+publishes a small ``durabook_step`` message; on that message the runner reads
+the new journal records and hands each finished cell to ``on_step`` (which
+copies it into the store). Before returning, it reads the journal once more,
+so a cell the kernel finished just before dying is not lost. A kernel that
+dies (SIGKILL, OOM) is noticed within a quarter of a second and reported as
+``DeadKernelError`` at the cell it was running (the journal's last ``start``).
 """
 
 from __future__ import annotations
@@ -17,18 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import nbformat
-
 from durabook_kernel import STEP_MSG
+from durabook_kernel.journal import JournalReader
 
 from .models import ErrorInfo
 from .pool import KernelProcess
 
-__all__ = ["CellPlan", "CellResult", "Outputs", "RunOutcome", "Runner"]
+__all__ = ["CellPlan", "CellResult", "RunOutcome", "Runner"]
 
 KILL_GRACE = 5.0  # seconds a timed-out cell gets to honour the interrupt
-
-_OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
 
 
 @dataclass
@@ -45,8 +45,9 @@ class CellPlan:
 class CellResult:
     cell: CellPlan
     ok: bool
-    outputs: list[dict[str, Any]]
-    content: dict[str, Any]
+    outputs: list[dict[str, Any]]  # nbformat outputs ([] when they are in a blob)
+    content: dict[str, Any]  # the journal record
+    rid: str | None = None  # the record's identity: <journal file>:<sequence>
 
 
 @dataclass
@@ -59,63 +60,16 @@ class RunOutcome:
     paused: bool = False  # `durabook pause`: stopped between cells
     suspended: dict[str, Any] | None = None  # durabook.sleep / wait_for_event request
     suspended_cell: CellPlan | None = None
+    interrupted: CellPlan | None = None  # started, never finished: a kill's attempt
+    interrupted_rid: str | None = None
     executed: int = 0
     restored: dict[str, Any] = field(default_factory=dict)
 
 
-class Outputs:
-    """nbformat outputs of one cell, built from IOPub messages as nbclient does."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._clear_on_next = False
-
-    def add(self, msg: dict[str, Any]) -> None:
-        kind = msg["msg_type"]
-        content = msg["content"]
-        if kind == "clear_output":
-            if content.get("wait"):
-                self._clear_on_next = True
-            else:
-                self.items.clear()
-            return
-        if kind == "update_display_data":
-            did = content.get("transient", {}).get("display_id")
-            for out in self.items:
-                if did and out.get("_display_id") == did:
-                    out["data"] = content.get("data", {})
-                    out["metadata"] = content.get("metadata", {})
-            return
-        if kind not in _OUTPUT_TYPES:
-            return
-        if self._clear_on_next:
-            self.items.clear()
-            self._clear_on_next = False
-        out = dict(nbformat.v4.output_from_msg(msg))
-        last = self.items[-1] if self.items else None
-        if (
-            kind == "stream"
-            and last is not None
-            and last.get("output_type") == "stream"
-            and last.get("name") == out["name"]
-        ):
-            last["text"] += out["text"]
-            return
-        did = content.get("transient", {}).get("display_id")
-        if did:
-            out["_display_id"] = did
-        self.items.append(out)
-
-    def take(self) -> list[dict[str, Any]]:
-        items = [{k: v for k, v in o.items() if k != "_display_id"} for o in self.items]
-        self.items = []
-        self._clear_on_next = False
-        return items
-
-
 class Runner:
-    def __init__(self, kernel: KernelProcess) -> None:
+    def __init__(self, kernel: KernelProcess, load_blob: Callable[[str], bytes]) -> None:
         self.kernel = kernel
+        self.load_blob = load_blob
 
     def run(
         self,
@@ -126,7 +80,25 @@ class Runner:
     ) -> RunOutcome:
         """Run ``cells``; ``timeout`` (seconds per cell) interrupts a cell that runs
         longer, and kills the kernel if the interrupt is ignored for ``KILL_GRACE``."""
+        self.cells = cells
+        self.on_step = on_step
+        self.journal = JournalReader(plan["journal"])
+        self.name = plan["journal"].rsplit("/", 1)[-1]
+        self.position = 0
+        # (index, rid) of the cell the journal last saw start and not finish
+        self.started: tuple[int, str] | None = None
+        self.outcome = RunOutcome(ok=True)
+        self.interrupted_at: float | None = None
+        self.timeout = timeout
+        try:
+            return self._run(plan)
+        finally:
+            self._read_journal()  # what the kernel finished but did not announce
+
+    def _run(self, plan: dict[str, Any]) -> RunOutcome:
         kc = self.kernel.kc
+        cells = self.cells
+        outcome = self.outcome
         full_plan = {
             **plan,
             "cells": [{"index": c.index, "id": c.cell_id, "source": c.source} for c in cells],
@@ -145,29 +117,29 @@ class Runner:
         )
         kc.shell_channel.send(msg)
         parent = msg["header"]["msg_id"]
-        outputs = Outputs()
         restored = False
-        position = 0
-        outcome = RunOutcome(ok=True)
         cell_started = time.monotonic()
-        interrupted_at: float | None = None
         while True:
-            limit = cells[position].timeout or timeout if position < len(cells) else None
+            position = self.position
+            limit = cells[position].timeout or self.timeout if position < len(cells) else None
             if limit is not None and restored:
                 now = time.monotonic()
-                if interrupted_at is None and now - cell_started > limit:
-                    interrupted_at = now
+                if self.interrupted_at is None and now - cell_started > limit:
+                    self.interrupted_at = now
                     self.kernel.interrupt()
-                elif interrupted_at is not None and now - interrupted_at > KILL_GRACE:
+                elif self.interrupted_at is not None and now - self.interrupted_at > KILL_GRACE:
                     self.kernel.close()  # it ignored the interrupt: the kernel goes
-                    dead = self._dead(cells, position, restored, outcome)
-                    dead.error = self._timeout_error(cells[position], limit, killed=True)
+                    self._read_journal()
+                    dead = self._dead(restored)
+                    if self.position < len(cells):
+                        dead.error = self._timeout_error(cells[self.position], limit, killed=True)
                     return dead
             try:
                 m = kc.iopub_channel.get_msg(timeout=0.1 if limit else 0.25)
             except queue.Empty:
                 if not self.kernel.alive():
-                    return self._dead(cells, position, restored, outcome)
+                    self._read_journal()
+                    return self._dead(restored)
                 continue
             if m["parent_header"].get("msg_id") != parent:
                 continue
@@ -179,64 +151,77 @@ class Runner:
                 if phase == "restored":
                     restored = True
                     outcome.restored = content
-                    outputs.take()  # what replayed cells printed is not a cell's output
                 elif phase == "restore":
                     outcome.ok = False
                     outcome.restore_failed = True
                     outcome.error = ErrorInfo(**content["error"])
                 elif phase == "cell":
-                    cell = cells[position]
+                    self._read_journal()
                     if content.get("status") == "suspend":
-                        outputs.take()  # the cell runs again from its top on resume
                         outcome.suspended = content["suspend"]
-                        outcome.suspended_cell = cell
+                        if self.position < len(cells):
+                            outcome.suspended_cell = cells[self.position]
                         continue
-                    if interrupted_at is not None and content.get("status") == "error":
-                        limit = cell.timeout or timeout or 0
-                        content["error"] = self._timeout_error(cell, limit).model_dump()
-                    interrupted_at = None
-                    ok = content.get("status") in ("ok", "exit")
-                    on_step(CellResult(cell, ok, outputs.take(), content))
-                    position += 1
-                    outcome.executed = position
-                    if content.get("status") == "exit":
-                        outcome.stopped_early = True
-                    if not ok:
-                        outcome.ok = False
-                        outcome.failed = cell
-                        outcome.error = ErrorInfo(**content["error"])
+                    if content.get("error") and self._current_index() == content.get("index"):
+                        # the driver could not journal the cell (a full disk): not committed
+                        self._finish_cell({"status": "error", "error": content["error"]}, None)
                 elif phase == "paused":
                     outcome.paused = True
                 elif phase == "abort":
+                    self._read_journal()
                     outcome.ok = False
                     outcome.error = ErrorInfo(**content["error"])
-                    if position < len(cells):
-                        outcome.failed = cells[position]
-                        on_step(
-                            CellResult(
-                                cells[position],
-                                False,
-                                outputs.take(),
-                                {"error": content["error"], "status": "error"},
-                            )
-                        )
-            elif kind == "status":
-                if m["content"].get("execution_state") == "idle":
-                    break
-            elif restored:
-                outputs.add(m)
+                    if self.position < len(cells):
+                        self._finish_cell({"error": content["error"], "status": "error"}, None)
+            elif kind == "status" and m["content"].get("execution_state") == "idle":
+                break
+        self._read_journal()
         if (
             outcome.ok
-            and position < len(cells)
+            and self.position < len(cells)
             and not (outcome.stopped_early or outcome.suspended or outcome.paused)
         ):
             # the driver stopped without saying why: treat it as a failure, never as done
             outcome.ok = False
-            outcome.failed = cells[position]
+            outcome.failed = cells[self.position]
             outcome.error = ErrorInfo(
                 ename="DriverError", evalue="the kernel stopped before running every cell"
             )
         return outcome
+
+    def _current_index(self) -> int | None:
+        return self.cells[self.position].index if self.position < len(self.cells) else None
+
+    def _read_journal(self) -> None:
+        """Hand every finished cell the journal holds, in order, to ``on_step``."""
+        for seq, record in self.journal.read_new():
+            kind = record.get("t")
+            if kind == "start":
+                self.started = (record.get("index", -1), f"{self.name}:{seq}:killed")
+            elif kind == "cell" and record.get("index") == self._current_index():
+                self._finish_cell(record, f"{self.name}:{seq}")
+
+    def _finish_cell(self, record: dict[str, Any], rid: str | None) -> None:
+        cell = self.cells[self.position]
+        outcome = self.outcome
+        if self.interrupted_at is not None and record.get("status") == "error":
+            limit = cell.timeout or self.timeout or 0
+            record["error"] = self._timeout_error(cell, limit).model_dump()
+        self.interrupted_at = None
+        ok = record.get("status") in ("ok", "exit")
+        outputs = record.get("outputs")
+        if outputs is None and record.get("outputs_blob"):
+            outputs = json.loads(self.load_blob(record["outputs_blob"]))
+        self.on_step(CellResult(cell, ok, outputs or [], record, rid))
+        self.position += 1
+        self.started = None
+        outcome.executed = self.position
+        if record.get("status") == "exit":
+            outcome.stopped_early = True
+        if not ok:
+            outcome.ok = False
+            outcome.failed = cell
+            outcome.error = ErrorInfo(**record["error"])
 
     @staticmethod
     def _timeout_error(cell: CellPlan, timeout: float, killed: bool = False) -> ErrorInfo:
@@ -245,15 +230,18 @@ class Runner:
             ename="CellTimeoutError", evalue=f"cell {cell.index} timed out after {timeout:g} s{how}"
         )
 
-    def _dead(
-        self, cells: list[CellPlan], position: int, restored: bool, outcome: RunOutcome
-    ) -> RunOutcome:
+    def _dead(self, restored: bool) -> RunOutcome:
+        outcome = self.outcome
         code = self.kernel.proc.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         outcome.ok = False
-        if position < len(cells) and restored:
-            cell = cells[position]
+        position = self.position
+        if position < len(self.cells) and restored:
+            cell = self.cells[position]
             outcome.failed = cell
+            if self.started is not None and self.started[0] == cell.index:
+                outcome.interrupted = cell
+                outcome.interrupted_rid = self.started[1]
             outcome.error = ErrorInfo(
                 ename="DeadKernelError",
                 evalue=f"the kernel died ({how}) while running cell {cell.index}",

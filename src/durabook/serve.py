@@ -16,6 +16,7 @@ from .control import ControlServer
 from .engine import Engine
 from .errors import DurabookError
 from .models import Status
+from .pool import close_thread_loop
 
 __all__ = ["serve"]
 
@@ -31,6 +32,8 @@ def _resume(eng: Engine, instance_id: str) -> None:
         log.info("%s: not resumed: %s", instance_id, exc.message)
     except Exception:
         log.exception("%s: resume failed", instance_id)
+    finally:
+        close_thread_loop()
 
 
 def serve(

@@ -6,6 +6,7 @@ Reads go through cursors of the same connection; writes go through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -19,6 +20,7 @@ import duckdb
 from .errors import EngineBusy
 from .migrations import MIGRATIONS
 from .models import (
+    Attempt,
     CellState,
     CellStatus,
     ErrorInfo,
@@ -36,11 +38,11 @@ _LOCK_PID = re.compile(r"PID (\d+)")
 _INSTANCE_COLS = (
     "id, notebook, version, status, parameters, created_at, updated_at, owner_pid, "
     "owner_start, owner_host, failed_cell, error, output, cwd, wake_at, waiting_for, "
-    "suspension, resolutions"
+    "suspension, resolutions, options"
 )
 _STEP_COLS = (
     "instance_id, idx, seq, cell_id, source_hash, status, attempt, started_at, duration_ms, "
-    "execution_count, outputs, outputs_blob, state, error, replay, source"
+    "execution_count, outputs, outputs_blob, state, error, replay, source, rid"
 )
 
 
@@ -57,18 +59,32 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._local = threading.local()
+        self._gen = 0  # bumped by reopen(): cursors of an older connection are dropped
+        self.conn = self._connect()
+        self.migrate()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            self.conn = duckdb.connect(str(self.path))
+            return duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             m = _LOCK_PID.search(str(exc))
+            if m is None and "lock" not in str(exc).lower():
+                raise
             owner = f" (pid {m.group(1)})" if m else ""
             raise EngineBusy(
                 f"the store {self.path} is in use by another durabook process{owner}",
                 path=str(self.path),
                 pid=int(m.group(1)) if m else None,
             ) from None
-        self._local = threading.local()
-        self.migrate()
+
+    def reopen(self) -> None:
+        """After a fatal DuckDB error (a checkpoint that hit a full disk invalidates the
+        database until it is opened again): the committed data is intact on disk."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = self._connect()
+        self._gen += 1
 
     def migrate(self) -> None:
         c = self.conn
@@ -94,8 +110,9 @@ class Store:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not thread-safe)."""
         cur = getattr(self._local, "cur", None)
-        if cur is None:
+        if cur is None or getattr(self._local, "gen", -1) != self._gen:
             cur = self._local.cur = self.conn.cursor()
+            self._local.gen = self._gen
         return cur
 
     def close(self) -> None:
@@ -114,7 +131,7 @@ class Store:
         now = utcnow()
         c.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL)",
+            "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL, ?)",
             [
                 row["id"],
                 row["notebook"],
@@ -125,19 +142,26 @@ class Store:
                 now,
                 row.get("output"),
                 row.get("cwd"),
+                json.dumps(row.get("options") or {}),
             ],
         )
 
     @staticmethod
     def update_instance(c: Any, instance_id: str, **fields: Any) -> None:
         fields["updated_at"] = utcnow()
-        for key in ("error", "suspension", "resolutions"):
+        for key in ("error", "suspension", "resolutions", "options"):
             if key in fields and fields[key] is not None and not isinstance(fields[key], str):
                 fields[key] = json.dumps(fields[key])
         if "status" in fields and isinstance(fields["status"], Status):
             fields["status"] = fields["status"].value
         sets = ", ".join(f"{k} = ?" for k in fields)
-        c.execute(f"UPDATE instances SET {sets} WHERE id = ?", [*fields.values(), instance_id])
+        where = "id = ?"
+        args = [*fields.values(), instance_id]
+        if "status" in fields and fields["status"] != Status.TERMINATED.value:
+            # terminated is final: no later write (a run winding down, a timer, an
+            # event, a retry) may bring a terminated instance back
+            where += " AND status <> 'terminated'"
+        c.execute(f"UPDATE instances SET {sets} WHERE {where}", args)
 
     @staticmethod
     def requeue(c: Any, instance_id: str, **fields: Any) -> None:
@@ -180,6 +204,7 @@ class Store:
         outputs: str | None,
         outputs_blob: str | None,
         source: str | None = None,
+        rid: str | None = None,
     ) -> tuple[Any, ...]:
         state = None
         if step.vars or step.deleted or step.unserializable:
@@ -207,6 +232,7 @@ class Store:
             step.error.model_dump_json() if step.error else None,
             step.replay,
             source,
+            rid,
         )
 
     # -- reads ------------------------------------------------------------------------
@@ -223,7 +249,19 @@ class Store:
         out["error"] = json.loads(out["error"]) if out["error"] else None
         out["suspension"] = json.loads(out["suspension"]) if out["suspension"] else None
         out["resolutions"] = json.loads(out["resolutions"]) if out["resolutions"] else {}
+        out["options"] = json.loads(out["options"]) if out["options"] else {}
         return out
+
+    def step_rids(self, instance_id: str) -> set[str]:
+        """Journal records of an instance already copied into the store."""
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT rid FROM steps WHERE instance_id = ? AND rid IS NOT NULL", [instance_id]
+            )
+            .fetchall()
+        )
+        return {r[0] for r in rows}
 
     def version_blob(self, vhash: str) -> str:
         row = self.cursor().execute("SELECT blob FROM versions WHERE hash = ?", [vhash]).fetchone()
@@ -277,15 +315,35 @@ class Store:
             attempts[row["idx"]] = attempts.get(row["idx"], 0) + 1
         return latest, attempts
 
-    def status(self, instance_id: str, code_cells: Iterable[tuple[int, str]]) -> InstanceStatus:
+    def status(
+        self,
+        instance_id: str,
+        code_cells: Iterable[tuple[int, str]],
+        names: dict[int, str] | None = None,
+    ) -> InstanceStatus:
+        """``names``: cell index to %%step name, for the cells that have one."""
         inst = self.instance_row(instance_id)
         assert inst is not None
-        latest, attempts = self.latest_steps(instance_id)
+        names = names or {}
+        rows_by_index: dict[int, list[dict[str, Any]]] = {}
+        for r in self.steps(instance_id):
+            rows_by_index.setdefault(r["idx"], []).append(r)
         cells: list[CellState] = []
         running = inst["status"] == Status.RUNNING.value
         first_open = True
         for index, cell_id in code_cells:
-            row = latest.get(index)
+            rows = rows_by_index.get(index, [])
+            row = rows[-1] if rows else None
+            history = [
+                Attempt(
+                    attempt=r["attempt"],
+                    status=CellStatus(r["status"]),
+                    started_at=_aware(r["started_at"]) if r["started_at"] else None,
+                    duration_ms=r["duration_ms"],
+                    error=ErrorInfo(**json.loads(r["error"])) if r["error"] else None,
+                )
+                for r in rows
+            ]
             if row is None or row["cell_id"] != cell_id:
                 status = CellStatus.PENDING
                 if running and first_open:
@@ -296,7 +354,9 @@ class Store:
                         index=index,
                         cell_id=cell_id,
                         status=status,
-                        attempts=attempts.get(index, 0) if row else 0,
+                        attempts=len(rows),
+                        name=names.get(index),
+                        history=history,
                     )
                 )
                 continue
@@ -309,16 +369,19 @@ class Store:
                     k: UnserializableVar(**v)
                     for k, v in json.loads(row["state"]).get("unserializable", {}).items()
                 }
+            latest = history[-1]
             cells.append(
                 CellState(
                     index=index,
                     cell_id=cell_id,
                     status=status,
-                    attempts=attempts[index],
-                    started_at=_aware(row["started_at"]) if row["started_at"] else None,
-                    error=ErrorInfo(**json.loads(row["error"])) if row["error"] else None,
-                    duration_ms=row["duration_ms"],
+                    attempts=len(rows),
+                    started_at=latest.started_at,
+                    error=latest.error,
+                    duration_ms=latest.duration_ms,
+                    name=names.get(index),
                     unserializable=unser,
+                    history=history,
                 )
             )
         return InstanceStatus(

@@ -89,24 +89,44 @@ class Suspensions:
         """Wake what is due: sleepers past their time, waits past their timeout or with
         an event. Returns the ids now queued to resume."""
         now = now or utcnow()
-        woken = []
-        for inst in self.store.instances_with_status(Status.SLEEPING.value, Status.WAITING.value):
-            req = inst["suspension"] or {}
-            key = req.get("key")
-            if not key:
-                continue
-            if inst["status"] == Status.WAITING.value:
-                pending = self.store.pending_event(inst["id"], inst["waiting_for"])
-                if pending is not None:
-                    self._deliver(inst["id"], key, pending)
-                    woken.append(inst["id"])
-                    continue
-            if inst["wake_at"] is not None and inst["wake_at"] <= now:
-                res = {} if inst["status"] == Status.SLEEPING.value else {"timeout": True}
-                iid = inst["id"]
-                self._wake(iid, key, res)
-                woken.append(iid)
-        return woken
+        return [
+            inst["id"]
+            for inst in self.store.instances_with_status(
+                Status.SLEEPING.value, Status.WAITING.value
+            )
+            if self._wake_if_due(inst, now)
+        ]
+
+    def _wake_if_due(self, inst: dict[str, Any], now: datetime | None = None) -> bool:
+        """Queue one suspended instance if its event is here or its time has come."""
+        now = now or utcnow()
+        req = inst["suspension"] or {}
+        key = req.get("key")
+        if not key or inst["status"] not in (Status.SLEEPING.value, Status.WAITING.value):
+            return False
+        if inst["status"] == Status.WAITING.value:
+            pending = self.store.pending_event(inst["id"], inst["waiting_for"])
+            if pending is not None:
+                self._deliver(inst["id"], key, pending)
+                return True
+        if inst["wake_at"] is not None and inst["wake_at"] <= now:
+            res = {} if inst["status"] == Status.SLEEPING.value else {"timeout": True}
+            self._wake(inst["id"], key, res)
+            return True
+        return False
+
+    def wake_now(self, instance_id: str) -> None:
+        """``durabook resume ID --now``: a sleeper wakes before its time."""
+        inst = self._instance(instance_id)
+        if inst["status"] != Status.SLEEPING.value:
+            raise InvalidState(
+                f"instance {instance_id} is {inst['status']}, not sleeping: --now wakes sleepers",
+                instance=instance_id,
+                status=inst["status"],
+            )
+        key = (inst["suspension"] or {}).get("key")
+        if key:
+            self._wake(instance_id, key, {"early": True})
 
     def _wake(self, iid: str, key: str, resolution: dict[str, Any]) -> None:
         self.writer.call(lambda c: _resolve(c, iid, key, resolution))

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+import duckdb
+
 from .store import Store
 
 __all__ = ["Writer"]
@@ -49,7 +51,6 @@ class Writer:
         self._thread.join()
 
     def _loop(self) -> None:
-        conn = self.store.conn
         while True:
             item = self._q.get()
             if item is _STOP:
@@ -65,11 +66,12 @@ class Writer:
                     stop = True
                     break
                 batch.append(nxt)
-            self._commit(conn, batch)
+            self._commit(batch)
             if stop:
                 return
 
-    def _commit(self, conn: Any, batch: list[Any]) -> None:
+    def _commit(self, batch: list[Any], retried: bool = False) -> None:
+        conn = self.store.conn
         results: list[Any] = []
         try:
             conn.execute("BEGIN")
@@ -88,10 +90,20 @@ class Writer:
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
+            if isinstance(exc, duckdb.FatalException) and not retried:
+                # DuckDB invalidates a database whose checkpoint failed (a full disk):
+                # open it again and retry once; what was committed is intact
+                try:
+                    self.store.reopen()
+                except Exception:
+                    pass
+                else:
+                    self._commit(batch, retried=True)
+                    return
             if len(batch) > 1:
                 # isolate the failing operation: the others commit on their own
                 for item in batch:
-                    self._commit(conn, [item])
+                    self._commit([item], retried=True)
                 return
             batch[0][2].set_exception(exc)
             return
