@@ -573,9 +573,6 @@ def bench_default(work: Path, args: argparse.Namespace) -> tuple[dict[str, Any],
         "default_per_cell_ms": target(
             dura if dura > 0 else None, co.DURABOOK_PER_CELL_MS_MAX, "<="
         ),
-        "papermill_over_durabook": target(
-            rep["ratios"]["papermill_over_durabook"], co.PAPERMILL_OVER_DURABOOK_MIN, ">="
-        ),
         "default_all_committed": check(done == args.long),
     }
     return result, targets

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -231,48 +229,3 @@ def write_ipython_dir(path: Path, gate: dict[str, str] | None = None) -> Path:
     if gate is not None:
         (profile / GATE_FILE).write_text(json.dumps(gate))
     return path
-
-
-# -- processes ----------------------------------------------------------------------------
-def children(pid: int) -> list[int]:
-    """Child process ids of ``pid``, from /proc/*/stat (ppid is the 4th field)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
-
-
-def kernels_of(runner_pid: int) -> list[int]:
-    """The ipykernel child processes of a `durabook run` process."""
-    return [p for p in children(runner_pid) if "ipykernel_launcher" in cmdline(p)]
-
-
-def pid_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        state = Path(f"/proc/{pid}/stat")
-        try:  # a zombie (not our child: nobody here reaps it) counts as gone
-            if state.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except (OSError, IndexError):
-            return True
-        time.sleep(0.05)
-    return False

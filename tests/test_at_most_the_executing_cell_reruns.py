@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import cli, write_nb
+from .processes import kernel_of, start_run
 
 CELLS = 8
 
@@ -44,33 +45,6 @@ def _wait_lines(log: Path, n: int, timeout: float = 60) -> None:
             return
         time.sleep(0.005)
     raise AssertionError(f"{log} never reached {n} lines")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _kernel_of(pid: int) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for child in _children(pid):
-            try:
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ipykernel_launcher" in cmd:
-                return child
-        time.sleep(0.01)
-    raise AssertionError(f"no kernel under pid {pid}")
 
 
 def _run_to_completion(iid: str) -> None:
@@ -100,17 +74,10 @@ def test_a_kill_at_a_random_moment_reruns_at_most_one_cell(victim: str, home: Pa
         work = tmp_path / f"t{trial}"
         work.mkdir()
         nb, log = _notebook(work)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "durabook", "run", str(nb), "-q"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        iid = proc.stdout.readline().strip()
+        proc, iid = start_run(nb)
         _wait_lines(log, rng.randrange(1, CELLS - 2))
         time.sleep(rng.uniform(0, 0.15))  # anywhere inside a cell or between two
-        target = proc.pid if victim == "runner" else _kernel_of(proc.pid)
+        target = proc.pid if victim == "runner" else kernel_of(proc.pid)
         os.kill(target, signal.SIGKILL)
         proc.communicate(timeout=60)
         _run_to_completion(iid)
@@ -128,14 +95,7 @@ def test_an_engine_kill_reruns_at_most_one_cell(home: Path, tmp_path: Path):
     try:
         assert serve.stderr is not None
         serve.stderr.readline()  # "durabook engine for ..." once it listens
-        run = subprocess.Popen(
-            [sys.executable, "-m", "durabook", "run", str(nb), "-q"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert run.stdout is not None
-        iid = run.stdout.readline().strip()
+        run, iid = start_run(nb)
         _wait_lines(log, 3)
         time.sleep(0.05)
         serve.send_signal(signal.SIGKILL)

@@ -185,3 +185,33 @@ def test_a_tampered_piece_is_refused_on_restore(cells: Cells):
     other.blobs = BlobStore(cells.root)
     with pytest.raises(ValueError):
         other.restore({"a": manifest["vars"]["a"]})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pd.DataFrame({"a": [1, 2, 3]}, index=pd.RangeIndex(5, 11, 2, name="r")),
+        lambda: pd.DataFrame({"a": [1.0, 2, 3]}, index=pd.date_range("2024-01-01", periods=3)),
+        lambda: pd.DataFrame({"a": [1, 2]}, index=pd.period_range("2024-01", periods=2, freq="M")),
+        lambda: pd.DataFrame(
+            {"a": [1, 2]}, index=pd.MultiIndex.from_tuples([("x", 1), ("y", 2)], names=["k", "n"])
+        ),
+        lambda: pd.DataFrame({"c": pd.Categorical(["u", "v", "u"]), "s": ["p", "q", None]}),
+        lambda: pd.DataFrame(columns=["a", "b"]),
+    ],
+    ids=["range", "dates-with-freq", "periods", "multiindex", "categorical", "empty"],
+)
+def test_frames_come_back_with_their_index_and_dtypes(make: Any, tmp_path: Path):
+    df = make()
+    ns: dict[str, Any] = {"df": df}
+    tracker = StateTracker(ns)
+    tracker.blobs = BlobStore(tmp_path / "blobs")
+    manifest = tracker.checkpoint("df", full=True)
+    fresh: dict[str, Any] = {}
+    other = StateTracker(fresh)
+    other.blobs = BlobStore(tmp_path / "blobs")
+    other.restore(manifest["vars"])
+    pd.testing.assert_frame_equal(fresh["df"], df)
+    assert fresh["df"].index.equals(df.index) and getattr(fresh["df"].index, "freq", None) == (
+        getattr(df.index, "freq", None)
+    )

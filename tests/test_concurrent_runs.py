@@ -140,8 +140,9 @@ def test_reads_go_on_when_the_engine_dies_under_them(home: Path, tmp_path: Path)
 def test_a_request_refused_by_a_leaving_owner_goes_to_the_next_one(home: Path, tmp_path: Path):
     """In process: a client holding a connection to an owner that drains and closes
     (without ever taking the request) sends it again to whoever owns the home next."""
-    from durabook.control import ControlServer, RemoteEngine, _connect
+    from durabook.control import ControlServer
     from durabook.engine import Engine
+    from durabook.remote import RemoteEngine, _connect
 
     nb = write_nb(tmp_path / "ok.ipynb", ["print('handed over')"])
     eng = Engine(home)

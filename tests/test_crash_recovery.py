@@ -12,6 +12,7 @@ from pathlib import Path
 from durabook import Client, Status
 
 from .conftest import cli, cli_json, outputs_text, write_nb
+from .processes import pid_gone, start_run
 
 
 def _wait_for(path: Path, timeout: float = 60) -> str:
@@ -21,22 +22,6 @@ def _wait_for(path: Path, timeout: float = 60) -> str:
             return path.read_text().strip()
         time.sleep(0.05)
     raise AssertionError(f"{path} never appeared")
-
-
-def _pid_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # a zombie child of ours still answers kill(0)
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
 
 
 def _workflow(tmp_path: Path) -> Path:
@@ -86,15 +71,7 @@ def test_kernel_sigkill_fails_the_cell_and_resume_continues(home: Path, tmp_path
 
 def _kill_runner_mid_run(tmp_path: Path) -> tuple[str, int]:
     """Start `durabook run`, wait until its kernel is in the waiting cell, SIGKILL the run."""
-    nb = _workflow(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "durabook", "run", str(nb), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    iid = proc.stdout.readline().strip()
+    proc, iid = start_run(_workflow(tmp_path))
     kernel_pid = int(_wait_for(tmp_path / "kernel.pid"))
     time.sleep(0.5)  # let the writer commit the cells before the waiting one
     proc.send_signal(signal.SIGKILL)
@@ -104,7 +81,7 @@ def _kill_runner_mid_run(tmp_path: Path) -> tuple[str, int]:
 
 def test_runner_sigkill_is_detected_and_resumed_from_last_commit(home: Path, tmp_path: Path):
     iid, kernel_pid = _kill_runner_mid_run(tmp_path)
-    assert _pid_gone(kernel_pid), "the kernel outlived its runner"
+    assert pid_gone(kernel_pid), "the kernel outlived its runner"
 
     # `list` notices the dead owner: the instance is not left running
     code, items = cli_json("list")

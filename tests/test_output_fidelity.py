@@ -62,7 +62,8 @@ import papermill
 import pytest
 
 from .conftest import cli, cli_json
-from .fidelity import differences, kernels_of, pid_gone, write_ipython_dir
+from .fidelity import differences, write_ipython_dir
+from .processes import kernels_of, pid_gone
 
 GALLERY = Path(__file__).resolve().parent.parent / "notebooks" / "gallery"
 NOTEBOOKS = sorted(p.name for p in GALLERY.glob("*.ipynb"))

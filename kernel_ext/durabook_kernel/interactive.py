@@ -29,8 +29,10 @@ def _ensure_engine(home: Any) -> Any:
     sock = wire.connect(home)
     if sock is not None:
         return sock
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    with open(home / "logs" / "engine.log", "ab") as log:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (home / "logs").mkdir(mode=0o700, exist_ok=True)
+    # the owner's alone, as everything in a home (the kernel's umask may be looser)
+    with open(home / "logs" / "engine.log", "ab", opener=lambda p, f: os.open(p, f, 0o600)) as log:
         subprocess.Popen(
             [
                 sys.executable,

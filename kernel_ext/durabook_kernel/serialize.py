@@ -16,6 +16,7 @@ What fails all of them is *unserializable* and reported by name and type.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import sys
@@ -158,7 +159,11 @@ def encode(obj: Any) -> Encoded:
 def _encode_frame(df: Any, tname: str) -> Encoded:
     import pyarrow as pa
 
-    table = pa.Table.from_pandas(df, preserve_index=True)
+    # a RangeIndex is kept as metadata (True would write it out as a column of int64)
+    table = pa.Table.from_pandas(df, preserve_index=None)
+    freq = getattr(df.index, "freqstr", None)
+    if freq and not _is_pandas(df.index, "PeriodIndex"):  # Arrow keeps no index frequency
+        table = table.replace_schema_metadata({**table.schema.metadata, _FREQ: freq.encode()})
     if table.nbytes <= CHUNK:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -221,7 +226,7 @@ def decode_pieces(
         batches = [
             pa.ipc.read_record_batch(pa.py_buffer(blobs.get(k)), schema) for k in digests[1:]
         ]
-        return pa.Table.from_batches(batches, schema=schema).to_pandas()
+        return _to_pandas(pa.Table.from_batches(batches, schema=schema))
     payload = bytearray(size)
     view = memoryview(payload)
     pos = 0
@@ -230,6 +235,18 @@ def decode_pieces(
         view[pos : pos + len(data)] = data
         pos += len(data)
     return decode(kind, bytes(payload), module, user_ns)
+
+
+_FREQ = b"durabook.index_freq"
+
+
+def _to_pandas(table: Any) -> Any:
+    df = table.to_pandas()
+    freq = (table.schema.metadata or {}).get(_FREQ)
+    if freq:
+        with contextlib.suppress(Exception):  # a frequency that no longer fits: left unset
+            df.index = type(df.index)(df.index, freq=freq.decode())
+    return df
 
 
 def _arrow_pandas_types() -> None:
@@ -272,7 +289,7 @@ def decode(kind: str, payload: bytes, module: str | None, user_ns: dict[str, Any
         import pyarrow as pa
 
         _arrow_pandas_types()
-        return pa.ipc.open_stream(pa.py_buffer(payload)).read_all().to_pandas()
+        return _to_pandas(pa.ipc.open_stream(pa.py_buffer(payload)).read_all())
     if kind == "parquet":  # checkpoints written before Arrow IPC
         import pandas as pd
 

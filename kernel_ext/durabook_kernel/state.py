@@ -304,26 +304,25 @@ class StateTracker:
         return self.blobs
 
     def _checkpoint_random(self, changed: dict[str, dict[str, Any]]) -> None:
-        # comparing the state with the last one saved (a tuple of 625 ints) costs a few
-        # microseconds; pickling and hashing it every cell cost ten times that
+        # a hash of the generator's state (625 words) costs about a microsecond; comparing
+        # the tuples element by element, or pickling and hashing them, ten to fifty times that
         state = random.getstate()
-        if state != self._random_state:
+        mark = hash(state)
+        if mark != self._random_state:
             data = pickle.dumps(state, protocol=5)
             key = digest(data)
-            self._random_state = state
+            self._random_state = mark
             if key != self._random_digest:
                 self._random_digest = key
                 changed[RANDOM_KEY] = self._store_raw("pickle", "random.state", data)
         np = sys.modules.get("numpy")
         if np is not None and hasattr(np, "random"):
             npstate = np.random.get_state(legacy=True)
-            last = self._np_random_state
-            if last is None or not (
-                npstate[2:] == last[2:] and np.array_equal(npstate[1], last[1])
-            ):
+            npmark = (hash(npstate[1].tobytes()), *npstate[2:])
+            if npmark != self._np_random_state:
                 data = pickle.dumps(npstate, protocol=5)
                 key = digest(data)
-                self._np_random_state = npstate
+                self._np_random_state = npmark
                 if key != self._np_random_digest:
                     self._np_random_digest = key
                     changed[NP_RANDOM_KEY] = self._store_raw("pickle", "numpy.random.state", data)
@@ -406,13 +405,14 @@ class StateTracker:
         if RANDOM_KEY in refs:
             random.setstate(self.load_ref(refs[RANDOM_KEY]))
             self._random_digest = refs[RANDOM_KEY]["digest"]
-            self._random_state = random.getstate()
+            self._random_state = hash(random.getstate())
         if NP_RANDOM_KEY in refs:
             import numpy as np
 
             np.random.set_state(self.load_ref(refs[NP_RANDOM_KEY]))
             self._np_random_digest = refs[NP_RANDOM_KEY]["digest"]
-            self._np_random_state = np.random.get_state(legacy=True)
+            npstate = np.random.get_state(legacy=True)
+            self._np_random_state = (hash(npstate[1].tobytes()), *npstate[2:])
         return loaded
 
     def restore_process(self, refs: dict[str, dict[str, Any]]) -> list[str]:

@@ -356,7 +356,7 @@ def _resume_here(eng: Any, args: argparse.Namespace) -> int:
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
-    from .control import RemoteEngine, open_engine
+    from .remote import RemoteEngine, open_engine
 
     with open_engine(args.home, serve=True) as eng:
         if args.command == "restart":
@@ -381,7 +381,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
 
 
 def _send_event(args: argparse.Namespace) -> int:
-    from .control import RemoteEngine, open_engine
+    from .remote import RemoteEngine, open_engine
 
     with open_engine(args.home, serve=True) as eng:
         if isinstance(eng, RemoteEngine):
@@ -422,7 +422,7 @@ def _run_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .control import open_engine
+    from .remote import open_engine
 
     if args.command == "serve":
         return _serve(args)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .control import RemoteEngine, open_engine
 from .engine import Engine, Progress, resolve_home
 from .models import InstanceStatus, InstanceSummary, RunResult, Status
+from .remote import RemoteEngine, open_engine
 
 __all__ = ["Client"]
 

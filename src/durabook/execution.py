@@ -1,0 +1,386 @@
+"""Executing an instance: claim it, run its uncommitted cells on one kernel, commit, finish.
+
+One pass takes a kernel, restores the last committed state, runs the cells
+(see :mod:`durabook.runner`) and copies each finished cell's journal record
+into the store; it ends in a recorded state (completed, failed, suspended,
+paused, terminated), and the claim on the instance is released in ``finally``
+whatever happens, so no failure of ours leaves it claimed by a live engine.
+Short ``%%step`` retries and events that arrived before a wait loop here.
+
+Like :mod:`durabook.suspensions` and :mod:`durabook.lifecycle`, this is mixed
+into :class:`~durabook.engine.Engine`, sharing its store, writer and pool; turning
+these mixins into collaborators with their own state is left for the dispatcher
+of the engine service (issue 7), which reshapes this code anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .checkpoints import committed_prefix, restore_plan
+from .errors import InvalidState, UnrestorableState, storage_full
+from .models import ErrorInfo, RunResult, Status
+from .notebook import source_hash
+from .output import build_output, write_notebook
+from .runner import CellPlan, CellResult, Runner
+from .steps import cell_body, step_options
+from .store import Store
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from .blobs import BlobStore
+    from .engine import Progress
+    from .pool import KernelPool, KernelProcess
+    from .recovery import Recovery
+    from .writer import Writer
+
+__all__ = ["IN_PROCESS_RETRY_MAX", "Execution"]
+
+IN_PROCESS_RETRY_MAX = 5.0  # seconds: longer retry delays suspend the instance
+
+
+class Execution:
+    """Mixed into :class:`~durabook.engine.Engine`, which provides these."""
+
+    home: Path
+    store: Store
+    writer: Writer
+    blobs: BlobStore
+    pool: KernelPool
+    recovery: Recovery
+    _me: tuple[int, int | None, str]
+    _lock: threading.Lock
+    _active: set[str]
+    _kernels: dict[str, KernelProcess]
+    _terminating: set[str]
+
+    def _instance(self, instance_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
+        raise NotImplementedError
+
+    def _result(self, inst: dict[str, Any]) -> RunResult:
+        raise NotImplementedError
+
+    def stop_file(self, instance_id: str) -> Path:
+        raise NotImplementedError
+
+    def _suspension_fields(self, request: dict[str, Any]) -> tuple[Status, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _deliver_pending(self, iid: str, request: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def execute(
+        self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
+    ) -> RunResult:
+        """Run an instance's uncommitted cells; ``timeout`` is seconds per cell.
+
+        In-process retries (short %%step delays) and events that arrived before a
+        wait loop here; every pass claims the instance and releases it in ``finally``,
+        so no failure of ours leaves it claimed by a live engine.
+        """
+        progress = progress or _progress()
+        while True:
+            self.recovery.recover_journals(instance_id)
+            inst = self._instance(instance_id)
+            if Status(inst["status"]) == Status.TERMINATED:
+                return self._result(inst)  # terminated meanwhile: nothing resumes it
+            self._claim(instance_id)
+            try:
+                inst = self._instance(instance_id)
+                if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
+                    return self._result(inst)
+                result, again = self._execute_once(inst, progress, timeout)
+            finally:
+                with self._lock:
+                    self._active.discard(instance_id)
+                    self._kernels.pop(instance_id, None)
+                    self._terminating.discard(instance_id)
+            if again is None:
+                return result
+            time.sleep(again)
+
+    def _execute_once(
+        self, inst: dict[str, Any], progress: Progress, timeout: float | None
+    ) -> tuple[RunResult, float | None]:
+        """One kernel's worth of a run. Returns the result, and the seconds to wait
+        before running again in this process (None: the run is over for now)."""
+        iid = inst["id"]
+        nb = self.executed_notebook(inst)
+        code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        latest, attempts = self.store.latest_steps(iid)
+        done = committed_prefix(code, latest)
+        try:
+            plan = restore_plan(code, latest, done)
+        except UnrestorableState as exc:
+            failed = code[done][0] if done < len(code) else None
+            err = ErrorInfo(ename="UnrestorableState", evalue=exc.message)
+            return self._finish(inst, nb, Status.FAILED, failed, err), None
+        todo = []
+        for i, c in code[done:]:
+            opts = step_options(c, i)
+            body = cell_body(c.source)
+            todo.append(
+                CellPlan(
+                    i,
+                    c.get("id"),
+                    body,
+                    source_hash(c.source),
+                    opts.timeout if opts else None,
+                    opts,
+                )
+            )
+        counts = [
+            r["execution_count"] or 0
+            for i, r in latest.items()
+            if i < (todo[0].index if todo else 1 << 30)
+        ]
+        progress.start(iid, len(code), done)
+        journal = self.recovery.new_journal(iid)
+        futures: list[Future[Any]] = []
+        outcome = None
+        kernel = None
+        try:
+            stop = self.stop_file(iid)
+            stop.unlink(missing_ok=True)
+            kernel = self.pool.acquire()
+            with self._lock:
+                self._kernels[iid] = kernel
+                terminating = iid in self._terminating
+            if terminating:  # `terminate` came while the kernel was starting
+                kernel.kill()
+            runner = Runner(kernel, self.blobs.get)
+
+            def on_step(res: CellResult) -> None:
+                progress.executed(res)
+                futures.append(self._commit_step(iid, res, attempts, progress))
+
+            options = inst["options"] or {}
+            outcome = runner.run(
+                todo,
+                {
+                    **plan.to_plan(),
+                    "blobs": str(self.blobs.root),
+                    "journal": str(journal),
+                    "cwd": inst["cwd"],
+                    "resolutions": inst["resolutions"],
+                    "stop_file": str(stop),
+                    "execution_count": max(counts, default=0) + 1,
+                    "env": options.get("env") or {},
+                    "scan_all": bool(options.get("scan_all")),
+                },
+                on_step,
+                timeout=timeout,
+            )
+            if outcome.interrupted is not None and outcome.error is not None:
+                # a killed attempt is an attempt: retry budgets and `status` count it
+                futures.append(
+                    self._commit_interrupted(
+                        iid, outcome.interrupted, outcome.error, attempts, outcome.interrupted_rid
+                    )
+                )
+        except BaseException as exc:
+            with self._lock:
+                terminating = iid in self._terminating
+            if not (terminating and isinstance(exc, Exception)):
+                for f in futures:
+                    f.exception()
+                full = storage_full(exc, self.home)
+                err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
+                if full is not None:
+                    err = ErrorInfo(ename="StorageFull", evalue=full.message)
+                self._finish(inst, nb, Status.FAILED, todo[0].index if todo else None, err)
+                if full is not None:
+                    raise full from exc
+                raise
+            # `durabook terminate` closed the kernel under the runner: recorded below
+        finally:
+            if kernel is not None:
+                kernel.close()
+        for f in futures:
+            try:
+                f.result()  # every step copied into the store before the instance is done
+            except Exception as exc:
+                full = storage_full(exc, self.home)
+                if full is not None:
+                    raise full from exc  # the journal keeps the cells: nothing is lost
+                raise
+        self.recovery.done_with(journal)
+        with self._lock:
+            terminated = iid in self._terminating
+        if terminated or outcome is None:
+            return self._finish(inst, nb, Status.TERMINATED, None, None), None
+        if outcome.paused:
+            return self._finish(inst, nb, Status.PAUSED, None, None), None
+        if outcome.suspended is not None:
+            status, fields = self._suspension_fields(outcome.suspended)
+            res = self._finish(inst, nb, status, None, None, **fields)
+            if self._deliver_pending(iid, outcome.suspended):
+                return res, 0.0  # it had already arrived: go on at once
+            return res, None
+        if outcome.ok:
+            return self._finish(inst, nb, Status.COMPLETED, None, None), None
+        failed = outcome.failed.index if outcome.failed else (todo[0].index if todo else None)
+        error = outcome.error
+        if failed is not None and error is not None and error.retry_in_s is None:
+            error = self._retry_delay(failed, error, todo, attempts)
+        delay = error.retry_in_s if error else None
+        if delay is None:
+            return self._finish(inst, nb, Status.FAILED, failed, error), None
+        if delay > IN_PROCESS_RETRY_MAX:
+            # a %%step retry far off: sleep durably, holding no process
+            request = {
+                "kind": "sleep",
+                "key": f"retry:{failed}:{time.time_ns()}",
+                "until": time.time() + delay,
+                "retry_of": failed,
+            }
+            status, fields = self._suspension_fields(request)
+            return self._finish(inst, nb, status, failed, error, **fields), None
+        return self._finish(inst, nb, Status.QUEUED, failed, error), delay
+
+    @staticmethod
+    def _retry_delay(
+        failed: int, error: ErrorInfo, todo: list[CellPlan], attempts: dict[int, int]
+    ) -> ErrorInfo:
+        """A failure the runner saw outside a step record (a killed attempt): retry it
+        as %%step says, like any failed attempt."""
+        opts = next((c.options for c in todo if c.index == failed), None)
+        if opts is not None and attempts.get(failed, 0) <= opts.retries:
+            return error.model_copy(update={"retry_in_s": opts.delay_before(attempts[failed])})
+        return error
+
+    def _claim(self, instance_id: str) -> None:
+        pid, start, host = self._me
+        with self._lock:
+            if instance_id in self._active:
+                raise InvalidState(f"instance {instance_id} is already running here")
+            self._active.add(instance_id)
+        try:
+            self.writer.call(
+                lambda c: Store.update_instance(
+                    c,
+                    instance_id,
+                    status=Status.RUNNING,
+                    owner_pid=pid,
+                    owner_start=start,
+                    owner_host=host,
+                    failed_cell=None,
+                    error=None,
+                )
+            )
+        except BaseException:
+            with self._lock:
+                self._active.discard(instance_id)
+            raise
+
+    def _commit_step(
+        self, instance_id: str, res: CellResult, attempts: dict[int, int], progress: Progress
+    ) -> Future[Any]:
+        c = res.content
+        index = res.cell.index
+        attempts[index] = attempts.get(index, 0) + 1
+        opts = res.cell.options
+        if not res.ok and c.get("error") and opts is not None and attempts[index] <= opts.retries:
+            c["error"]["retry_in_s"] = opts.delay_before(attempts[index])
+        row = self.recovery.step_row(
+            instance_id,
+            index,
+            res.cell.cell_id,
+            res.cell.source_hash,
+            res.ok,
+            attempts[index],
+            c,
+            res.rid,
+        )
+        fut = self.writer.submit_steps([row])
+        if res.ok:
+
+            def done(f: Future[Any]) -> None:
+                if f.exception() is None:
+                    progress.committed(index)
+
+            fut.add_done_callback(done)
+        return fut
+
+    def _commit_interrupted(
+        self,
+        instance_id: str,
+        cell: CellPlan,
+        error: ErrorInfo,
+        attempts: dict[int, int],
+        rid: str | None,
+    ) -> Future[Any]:
+        attempts[cell.index] = attempts.get(cell.index, 0) + 1
+        content = {"status": "error", "error": error.model_dump(), "started_at": time.time()}
+        row = self.recovery.step_row(
+            instance_id,
+            cell.index,
+            cell.cell_id,
+            cell.source_hash,
+            False,
+            attempts[cell.index],
+            content,
+            rid,
+        )
+        return self.writer.submit_steps([row])
+
+    def _finish(
+        self,
+        inst: dict[str, Any],
+        nb: NotebookNode,
+        status: Status,
+        failed_cell: int | None,
+        error: ErrorInfo | None,
+        **fields: Any,
+    ) -> RunResult:
+        iid = inst["id"]
+        try:
+            output = self._write_output(inst, nb, status, failed_cell)
+            self.writer.call(
+                lambda c: Store.update_instance(
+                    c,
+                    iid,
+                    status=status,
+                    failed_cell=failed_cell,
+                    error=error.model_dump() if error else None,
+                    owner_pid=None,
+                    owner_start=None,
+                    **fields,
+                )
+            )
+        finally:
+            with self._lock:
+                self._active.discard(iid)
+        return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
+
+    def _write_output(
+        self, inst: dict[str, Any], nb: NotebookNode, status: Status, failed_cell: int | None
+    ) -> str | None:
+        latest, attempts = self.store.latest_steps(inst["id"])
+        meta = {
+            "instance_id": inst["id"],
+            "version": inst["version"],
+            "status": status.value,
+            "parameters": inst["parameters"],
+            "failed_cell": failed_cell,
+        }
+        try:
+            out_nb = build_output(nb, latest, attempts, meta, self.blobs.get)
+            write_notebook(out_nb, inst["output"])
+        except (OSError, ValueError):  # a full disk, a lost blob: the run's state is still kept
+            return None
+        return str(inst["output"])
+
+
+def _progress() -> Progress:
+    from .engine import Progress
+
+    return Progress()
