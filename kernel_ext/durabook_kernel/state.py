@@ -318,7 +318,7 @@ class StateTracker:
         np = sys.modules.get("numpy")
         if np is not None and hasattr(np, "random"):
             npstate = np.random.get_state(legacy=True)
-            npmark = (hash(npstate[1].tobytes()), *npstate[2:])
+            npmark = _np_mark(npstate)
             if npmark != self._np_random_state:
                 data = pickle.dumps(npstate, protocol=5)
                 key = digest(data)
@@ -411,8 +411,7 @@ class StateTracker:
 
             np.random.set_state(self.load_ref(refs[NP_RANDOM_KEY]))
             self._np_random_digest = refs[NP_RANDOM_KEY]["digest"]
-            npstate = np.random.get_state(legacy=True)
-            self._np_random_state = (hash(npstate[1].tobytes()), *npstate[2:])
+            self._np_random_state = _np_mark(np.random.get_state(legacy=True))
         return loaded
 
     def restore_process(self, refs: dict[str, dict[str, Any]]) -> list[str]:
@@ -456,6 +455,11 @@ class StateTracker:
             if name in self.user_ns:
                 self._remember(name, id(self.user_ns[name]), None, True)
         self._len = len(self.user_ns)
+
+
+def _np_mark(state: Any) -> tuple[Any, ...]:
+    """numpy's legacy generator state, cheaply comparable: (key words hashed, the rest)."""
+    return (hash(state[1].tobytes()), *state[2:])
 
 
 def _filled(cell: Any) -> bool:
