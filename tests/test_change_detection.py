@@ -215,3 +215,76 @@ def test_frames_come_back_with_their_index_and_dtypes(make: Any, tmp_path: Path)
     assert fresh["df"].index.equals(df.index) and getattr(fresh["df"].index, "freq", None) == (
         getattr(df.index, "freq", None)
     )
+
+
+# -- what a review found: each a value wrong after a restore before the fix ----------
+
+
+def _restored(cells: Cells, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The namespace a resume gets: the manifests folded as the engine folds them."""
+    import json
+
+    from nbformat.v4 import new_code_cell
+
+    from durabook.checkpoints import restore_plan
+
+    code = []
+    latest = {}
+    for i, m in enumerate(manifests):
+        cell = new_code_cell(f"# {i}")
+        cell.id = f"c{i}"
+        code.append((i, cell))
+        latest[i] = {"state": json.dumps(m), "status": "committed"}
+    plan = restore_plan(code, latest, len(code))
+    fresh: dict[str, Any] = {"__name__": "__main__"}
+    other = StateTracker(fresh)
+    other.blobs = cells.tracker.blobs
+    other.restore(plan.refs)
+    return fresh
+
+
+def test_a_float_rebound_at_the_address_of_the_one_it_replaced_is_saved(cells: Cells):
+    m1 = cells.run("total = 0.0")
+    m2 = cells.run("for p in [19.99, 5.25, 3.10, 7.45]:\n    total += p")
+    assert "total" in m2["vars"]
+    assert _restored(cells, [m1, m2])["total"] == pytest.approx(35.79)
+
+
+def test_an_alias_made_in_a_later_cell_comes_back_as_the_same_object(cells: Cells):
+    m1 = cells.run("a = [1]")
+    m2 = cells.run("b = a")
+    fresh = _restored(cells, [m1, m2])
+    assert fresh["a"] is fresh["b"]
+
+
+def test_class_and_function_attributes_are_saved_when_they_change(cells: Cells):
+    m1 = cells.run("class Registry:\n    items = []\ndef f():\n    return 1\nf.calls = 0")
+    m2 = cells.run("Registry.items.append('a'); Registry.debug = True\nf.calls += 1")
+    assert {"Registry", "f"} <= set(m2["vars"])
+    fresh = _restored(cells, [m1, m2])
+    assert fresh["Registry"].items == ["a"] and fresh["Registry"].debug is True
+    assert fresh["f"].calls == 1
+    assert cells.saved("f()") == set()  # called, unchanged: not saved again
+
+
+def test_functions_kept_in_a_list_are_reached_and_rebound(cells: Cells):
+    m1 = cells.run("data = [1]\nops = [lambda: data.append(2)]")
+    m2 = cells.run("ops[0]()")
+    assert "data" in m2["vars"]  # (ops too: its lambda is pickled with what it names)
+    fresh = _restored(cells, [m1, m2])
+    fresh["ops"][0]()
+    assert fresh["data"] == [1, 2, 2]  # the restored lambda appends to the restored list
+
+
+def test_a_bound_method_reaches_and_stays_bound_to_its_object(cells: Cells):
+    m1 = cells.run("stack = []\npush = stack.append")
+    m2 = cells.run("push(1)")
+    assert set(m2["vars"]) == {"stack"}
+    fresh = _restored(cells, [m1, m2])
+    fresh["push"](2)
+    assert fresh["stack"] == [1, 2]
+
+
+def test_a_function_that_uses_globals_makes_the_cell_look_at_everything(cells: Cells):
+    cells.run("a = [1]\ndef g():\n    globals()['a'] = [2]")
+    assert cells.saved("g()") == {"a"}

@@ -49,7 +49,7 @@ def test_a_run_passes_what_it_declares(home: Path, tmp_path: Path):
     assert proc.returncode == 2 and "NOT_SET_ANYWHERE" in proc.stderr
 
 
-def test_the_notebook_declares_names_and_a_resume_keeps_them(home: Path, tmp_path: Path):
+def test_a_notebook_asks_but_only_the_user_passes_and_a_resume_keeps_it(home: Path, tmp_path: Path):
     flag = tmp_path / "go"
     nb_path = write_nb(
         tmp_path / "env.ipynb",
@@ -58,8 +58,19 @@ def test_the_notebook_declares_names_and_a_resume_keeps_them(home: Path, tmp_pat
     nb = nbformat.read(nb_path, as_version=4)
     nb.metadata["durabook"] = {"env": ["SECRET_TOKEN"]}
     nbformat.write(nb, nb_path)
+    # on the notebook's say-so alone nothing passes: a note says how to pass it
+    flag.touch()
     proc = cli("run", str(nb_path), "--json", "-q", env={"SECRET_TOKEN": "abc"})
-    assert proc.returncode == 1
+    assert proc.returncode == 0
+    assert outputs_text(json.loads(proc.stdout)["output"])[0] == "None None True\n"
+    assert "note: the notebook asks for SECRET_TOKEN; pass it with --env SECRET_TOKEN" in (
+        proc.stderr
+    )
+    flag.unlink()
+    proc = cli(
+        "run", str(nb_path), "--env", "SECRET_TOKEN", "--json", "-q", env={"SECRET_TOKEN": "abc"}
+    )
+    assert proc.returncode == 1 and "note:" not in proc.stderr
     iid = json.loads(proc.stdout)["id"]
     flag.touch()
     res = Client().resume(iid)  # this process has no SECRET_TOKEN: the instance kept it

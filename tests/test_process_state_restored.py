@@ -2,7 +2,8 @@
 
 matplotlib style, rcParams and backend, pandas and numpy options, warnings
 filters, the recursion limit, %config, %load_ext, the working directory and
-sys.path live outside the namespace; a kill and resume must not revert them.
+sys.path and os.environ live outside the namespace; a kill and resume must not revert
+them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ warnings.filterwarnings('ignore', message='quiet please')
 sys.setrecursionlimit(2345)
 os.chdir(WORK)
 sys.path.append('/opt/extra-lib')
+os.environ['MY_SETTING'] = 'on'
 """
 
 MAGICS = """\
@@ -58,6 +60,7 @@ print(json.dumps({
     'extra_path': '/opt/extra-lib' in sys.path,
     'autoreload': 'autoreload' in ip.extension_manager.loaded,
     'backend': matplotlib.get_backend(),
+    'environ': os.environ.get('MY_SETTING'),
 }, sort_keys=True))
 """
 
@@ -87,6 +90,7 @@ def test_process_state_survives_a_kernel_kill(home: Path, tmp_path: Path):
     assert base.status == Status.COMPLETED, base.error
     expected, expected_kinds = _report(base.output or "")
     assert expected["facecolor"] == "#E5E5E5" and expected["recursion"] == 2345
+    assert expected["environ"] == "on"
     assert "image/svg+xml" in expected_kinds
 
     # the same notebook, its kernel SIGKILLed after the settings, then resumed

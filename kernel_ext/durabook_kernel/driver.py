@@ -202,8 +202,11 @@ async def _run_one(
 ) -> bool:
     """Run, journal and announce one cell; False when the run stops after it."""
     index = cell["index"]
+    # every record names the cell by index, id and the hash of its source, so recovery
+    # never files a record under a cell of another notebook version
+    key = {"index": index, "id": cell.get("id"), "hash": cell.get("hash")}
     started = time.time()
-    journal.append({"t": "start", "index": index, "at": started}, durable=False)
+    journal.append({"t": "start", **key, "at": started}, durable=False)
     t0 = time.perf_counter()
     ctx.start_cell(index, cell["source"])
     result = await _run_source(shell, cell["source"], cell.get("id"), silent=False)
@@ -212,12 +215,12 @@ async def _run_one(
     if isinstance(result.error_in_exec, primitives.Suspend):
         # the cell runs again from its top on resume: its outputs so far are not kept
         request = result.error_in_exec.request
-        journal.append({"t": "suspend", "index": index, "request": request})
+        journal.append({"t": "suspend", **key, "request": request})
         _publish(shell, {"phase": "cell", "index": index, "status": "suspend", "suspend": request})
         return False
     record: dict[str, Any] = {
         "t": "cell",
-        "index": index,
+        **key,
         "execution_count": result.execution_count,
         "started_at": started,
     }

@@ -14,8 +14,10 @@ the cell a kill interrupted, which then counts as a failed attempt.
 
 Framing: ``<len:8 hex> <crc32:8 hex> <json>\\n``. A torn tail (a kill or power
 loss mid-append) fails its length or checksum and ends the readable journal.
-While its kernel lives the journal is held with ``flock``; recovery takes the
-lock first, so it never reads a journal that is still being written.
+While its kernel lives the journal is locked (a POSIX ``lockf`` lock: unlike
+``flock``, a child the kernel forks does not inherit it, so a forked process that
+outlives the kernel cannot hold recovery off); recovery takes the lock first, so
+it never reads a journal that is still being written.
 
 Stdlib only: the kernel imports this.
 """
@@ -39,7 +41,13 @@ class JournalWriter:
         self.path = path
         self.fsync = fsync
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # held until this process ends or closes it
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)  # held until this process ends or closes it
+        if fsync:  # the new file's name must survive a power loss too
+            folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
 
     def append(self, record: dict[str, Any], durable: bool = True) -> None:
         payload = json.dumps(record, separators=(",", ":"), default=str).encode()
@@ -95,17 +103,17 @@ def wait_unlocked(path: str, timeout: float) -> bool:
     import time
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # lockf needs a writable descriptor
     except FileNotFoundError:
         return True
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_UN)
                 return True
-            except BlockingIOError:
+            except OSError:  # EAGAIN / EACCES: another process holds it
                 if time.monotonic() > deadline:
                     return False
                 time.sleep(0.02)

@@ -5,8 +5,8 @@ itself. Notebooks commonly set: matplotlib's style and rcParams and its
 backend (``%matplotlib``), pandas and numpy display options, scikit-learn's
 ``set_config``, ``warnings`` filters, ``sys.setrecursionlimit``, ``%config``
 settings and other state-setting magics (``%autoreload 2``, ``%precision``,
-``%env X=1``, ...), extensions loaded with ``%load_ext``, the working
-directory and ``sys.path``. Each is an
+``%env X=1``, ...), extensions loaded with ``%load_ext``, ``os.environ``, the
+working directory and ``sys.path``. Each is an
 *aspect* here: ``capture`` returns a small, comparable, picklable value;
 ``apply`` puts it back in a fresh kernel. After every cell the tracker
 compares the snapshot with the last one (a few dictionary comparisons, about
@@ -60,6 +60,9 @@ class ProcessState:
         self._rc_diff: dict[str, Any] = {}
         self._last_pd: dict[str, Any] | None = None
         self._pd_diff: dict[str, Any] = {}
+        self._env_base = dict(os.environ)  # what the kernel started with
+        self._last_env: dict[str, str] | None = None
+        self._env_diff: dict[str, Any] = {}
         self._hook()
 
     # -- recording what magics did --------------------------------------------------
@@ -93,6 +96,7 @@ class ProcessState:
     # -- capture ---------------------------------------------------------------------
     def capture(self) -> dict[str, Any]:
         snap: dict[str, Any] = {
+            "environ": self._environ(),
             "cwd": _cwd(),
             "sys_path": list(sys.path),
             "recursion_limit": sys.getrecursionlimit(),
@@ -115,6 +119,18 @@ class ProcessState:
         if sklearn is not None and hasattr(sklearn, "get_config"):
             snap["sklearn"] = dict(sklearn.get_config())
         return snap
+
+    def _environ(self) -> dict[str, Any]:
+        """``os.environ`` as cells changed it (what the kernel started with is not saved)."""
+        env = os.environ
+        if self._last_env is None or env != self._last_env:
+            base = self._env_base
+            self._env_diff = {
+                "set": {k: v for k, v in env.items() if base.get(k) != v},
+                "unset": sorted(k for k in base if k not in env),
+            }
+            self._last_env = dict(env)
+        return self._env_diff
 
     def _matplotlib(self, mpl: Any) -> dict[str, Any]:
         rc = mpl.rcParams
@@ -146,8 +162,13 @@ class ProcessState:
     # -- apply -----------------------------------------------------------------------
     @staticmethod
     def apply_early(snap: dict[str, Any]) -> list[str]:
-        """Where modules are found: before saved variables (modules among them) load."""
+        """The environment and where modules are found: before saved variables (modules
+        among them, which may read the environment as they import) load."""
         problems: list[str] = []
+        env = snap.get("environ") or {}
+        os.environ.update(env.get("set", {}))
+        for name in env.get("unset", []):
+            os.environ.pop(name, None)
         if snap.get("cwd"):
             try:
                 os.chdir(snap["cwd"])

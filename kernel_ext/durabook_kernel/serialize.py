@@ -175,11 +175,17 @@ def _encode_frame(df: Any, tname: str) -> Encoded:
     rows = 1 << max(0, (CHUNK // per_row).bit_length() - 1)
 
     def pieces() -> Iterator[Any]:
-        yield table.schema.serialize()
-        for batch in table.to_batches(max_chunksize=rows):
-            yield batch.serialize()
+        # each piece a whole IPC stream (schema and dictionaries with its batch): a
+        # categorical column's dictionary is not in a bare record batch
+        batches = table.to_batches(max_chunksize=rows) or [None]
+        for batch in batches:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                if batch is not None:
+                    writer.write_batch(batch)
+            yield sink.getvalue()
 
-    return Encoded("arrow_pieces", tname, pieces=pieces(), meta={"rows": rows})
+    return Encoded("arrow_streams", tname, pieces=pieces(), meta={"rows": rows})
 
 
 def _encode_large_array(a: Any, tname: str) -> Encoded:
@@ -188,7 +194,9 @@ def _encode_large_array(a: Any, tname: str) -> Encoded:
     fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous)
     if not (a.flags.c_contiguous or fortran):
         a = np.ascontiguousarray(a)
-    flat = a.ravel(order="K")  # a view in memory order: no copy
+    # a view in memory order, as bytes (no copy; memoryview refuses datetime64 and
+    # other dtypes with no buffer format)
+    flat = a.ravel(order="K").view(np.uint8)
     meta = {
         "descr": np.lib.format.dtype_to_descr(a.dtype),
         "shape": list(a.shape),
@@ -213,20 +221,17 @@ def decode_pieces(
 
         dtype = np.lib.format.descr_to_dtype(meta["descr"])
         out = np.empty(meta["shape"], dtype=dtype, order="F" if meta.get("fortran") else "C")
-        view = memoryview(out.ravel(order="K")).cast("B")  # type: ignore[arg-type]
+        view = out.ravel(order="K").view(np.uint8).data
         step = int(meta.get("chunk", CHUNK))
         for i, key in enumerate(digests):
             blobs.get_into(key, view[i * step : min((i + 1) * step, len(view))])
         return out
-    if kind == "arrow_pieces":
+    if kind == "arrow_streams":
         import pyarrow as pa
 
         _arrow_pandas_types()
-        schema = pa.ipc.read_schema(pa.py_buffer(blobs.get(digests[0])))
-        batches = [
-            pa.ipc.read_record_batch(pa.py_buffer(blobs.get(k)), schema) for k in digests[1:]
-        ]
-        return _to_pandas(pa.Table.from_batches(batches, schema=schema))
+        tables = [pa.ipc.open_stream(pa.py_buffer(blobs.get(k))).read_all() for k in digests]
+        return _to_pandas(pa.concat_tables(tables))
     payload = bytearray(size)
     view = memoryview(payload)
     pos = 0
@@ -307,12 +312,23 @@ def decode(kind: str, payload: bytes, module: str | None, user_ns: dict[str, Any
     raise ValueError(f"unknown payload kind {kind!r}")
 
 
-def rebind_globals(obj: Any, user_ns: dict[str, Any]) -> Any:
+def rebind_globals(obj: Any, user_ns: dict[str, Any], depth: int = 2) -> Any:
     """Make a notebook function (or a class's methods) see the live namespace.
 
     cloudpickle gives a loaded function a private copy of the globals it used;
-    in a notebook those must be the kernel's globals, as they were before.
+    in a notebook those must be the kernel's globals, as they were before. Functions
+    kept in small containers (a list of callbacks) are re-bound too.
     """
+    if depth > 0 and type(obj) in (list, tuple, dict) and len(obj) <= 256:
+        if isinstance(obj, dict):
+            for k, v in list(obj.items()):
+                obj[k] = rebind_globals(v, user_ns, depth - 1)
+            return obj
+        items = [rebind_globals(v, user_ns, depth - 1) for v in obj]
+        if isinstance(obj, list):
+            obj[:] = items
+            return obj
+        return tuple(items)
     if isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
         fn = types.FunctionType(
             obj.__code__, user_ns, obj.__name__, obj.__defaults__, obj.__closure__

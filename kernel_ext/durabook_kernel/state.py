@@ -69,18 +69,46 @@ _DYNAMIC = re.compile(
     r"autoreload|aimport|edit|paste|cpaste|alias|sx|sc)\b",
     re.M,
 )
-_STABLE_TYPES = (types.FunctionType, type)
+# names that, in the code of a function a cell reaches, make the cell dynamic too
+_DYNAMIC_NAMES = frozenset({"globals", "locals", "vars", "exec", "eval", "setattr", "delattr"})
+_DEFINITIONS = (types.FunctionType, type)
+_SMALL = 256  # a container this small is looked into for the functions it holds
 
 
 @dataclass
 class _Known:
     oid: int
     digest: str | None  # None: unserializable
-    stable: bool = False  # same object => same value (immutable, module, def, unsaveable)
+    stable: bool = False  # same object => same value (immutable, module, unsaveable)
+    # a stable value is held, so its id cannot be reused by another object while known
+    # (a float rebound in a loop may land at the address of the one it replaced)
+    held: Any = None
+    mark: Any = None  # a definition's attributes, defaults and methods, cheaply compared
 
 
 def _is_stable(obj: Any) -> bool:
-    return is_immutable(obj) or isinstance(obj, _STABLE_TYPES)
+    return is_immutable(obj)
+
+
+def _definition_mark(obj: Any) -> Any:
+    """What can change in a notebook function or class while it stays the same object:
+    its attributes, defaults, and (a class) its data attributes and which functions it
+    has. None when it cannot be told cheaply: then it is encoded and compared."""
+    try:
+        if isinstance(obj, types.FunctionType):
+            if not obj.__dict__ and obj.__kwdefaults__ is None:
+                return ("f", obj.__code__, obj.__defaults__ and pickle.dumps(obj.__defaults__))
+            return pickle.dumps((obj.__dict__, obj.__defaults__, obj.__kwdefaults__), protocol=5)
+        data = {}
+        methods = []
+        for k, v in vars(obj).items():
+            if isinstance(v, (types.FunctionType, staticmethod, classmethod, property, type)):
+                methods.append((k, id(v)))
+            elif k not in ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"):
+                data[k] = v
+        return (tuple(methods), pickle.dumps(data, protocol=5))
+    except Exception:
+        return None
 
 
 class StateTracker:
@@ -94,6 +122,7 @@ class StateTracker:
         self.process: Any = None  # a ProcessState, set by the extension
         self._len = -1  # len(user_ns) after the last checkpoint; -1: scan everything next
         self._code_names: dict[types.CodeType, frozenset[str]] = {}
+        self._dynamic_code = False
         self._random_digest: str | None = None
         self._np_random_digest: str | None = None
         self._random_state: Any = None
@@ -127,14 +156,17 @@ class StateTracker:
             names.update(islice(reversed(ns.keys()), grown))
         out: set[str] = set()
         stack = [n for n in names if n in ns or n in self.known]
+        self._dynamic_code = False
         while stack:
             name = stack.pop()
             if name in out:
                 continue
             out.add(name)
             obj = ns.get(name)
-            if obj is not None and not _is_plain(obj):
+            if obj is not None and not is_immutable(obj):
                 stack.extend(n for n in self._referenced(obj) if n not in out)
+            if self._dynamic_code:
+                return None  # a function it reaches uses globals() or exec: look at all
         return out
 
     def _referenced(self, obj: Any) -> set[str]:
@@ -142,6 +174,10 @@ class StateTracker:
         found: set[str] = set()
         seen: set[int] = set()
         todo = [obj]
+        if type(obj) in (list, tuple, set, frozenset, dict) and len(obj) <= _SMALL:
+            # functions kept in a small container (a list of callbacks) are reached too
+            values = obj.values() if isinstance(obj, dict) else obj
+            todo = [v for v in values if callable(v) or type(v).__module__ == "__main__"]
         while todo:
             o = todo.pop()
             if id(o) in seen:
@@ -149,10 +185,18 @@ class StateTracker:
             seen.add(id(o))
             if isinstance(o, types.MethodType):
                 todo += [o.__func__, o.__self__]
+                found |= self.by_oid.get(id(o.__self__), set())
+            elif isinstance(o, types.BuiltinMethodType):
+                owner = getattr(o, "__self__", None)  # `push = stack.append`: push reaches stack
+                if owner is not None and not isinstance(owner, types.ModuleType):
+                    found |= self.by_oid.get(id(owner), set())
             elif isinstance(o, types.FunctionType):
                 if o.__globals__ is not self.user_ns:
                     continue  # a library's function: its globals are not ours
-                found |= self._names_of(o.__code__)
+                code_names = self._names_of(o.__code__)
+                if code_names & _DYNAMIC_NAMES:
+                    self._dynamic_code = True
+                found |= code_names
                 held = [c.cell_contents for c in o.__closure__ or () if _filled(c)]
                 held += list(o.__defaults__ or ()) + list((o.__kwdefaults__ or {}).values())
                 for value in held:
@@ -203,8 +247,8 @@ class StateTracker:
                 continue
             obj = ns[name]
             k = known.get(name)
-            if k is not None and k.stable and k.oid == id(obj):
-                continue  # the common case, O(1): an unchanged number, string, def, module
+            if k is not None and k.stable and k.held is obj:
+                continue  # the common case, O(1): an unchanged number, string, module
             groups.setdefault(id(obj), []).append(name)
         for name in deleted:
             self._forget(name)
@@ -217,26 +261,33 @@ class StateTracker:
             names = sorted(set(names) | aliases)
             fresh = [n for n in names if (k := known.get(n)) is None or k.oid != oid]
             obj = ns[names[0]]
-            if not fresh and known[names[0]].digest is None:
+            first = known.get(names[0])
+            if not fresh and first is not None and first.digest is None:
                 continue  # same unserializable object as before: reported once
             if not fresh and _is_stable(obj):
                 continue
+            mark = _definition_mark(obj) if isinstance(obj, _DEFINITIONS) else None
+            if not fresh and mark is not None and first is not None and first.mark == mark:
+                continue  # a function or class whose attributes did not change
             try:
-                enc = encode(obj)
+                enc = self._bound_method(obj) or encode(obj)
             except Unserializable as exc:
                 for n in fresh:
                     unserializable[n] = {"type": exc.type_name, "error": exc.reason}
-                    self._remember(n, oid, None, True)
+                    self._remember(n, obj, None, True)
                 continue
             ref = self._store(enc)
             key = ref["digest"]
-            stable = _is_stable(obj)
-            primary: str | None = None
+            stable = _is_stable(obj) or enc.kind == "bound"
+            # a name already saved with this very value leads, so that a later alias
+            # (`b = a` in another cell) is restored as the same object
+            kept = [n for n in names if (k := known.get(n)) and k.oid == oid and k.digest == key]
+            primary: str | None = kept[0] if kept else None
             for n in names:
-                k = known.get(n)
-                if k is not None and k.oid == oid and k.digest == key:
+                if n in kept:
+                    known[n].mark = mark
                     continue
-                self._remember(n, oid, key, stable)
+                self._remember(n, obj, key, stable, mark)
                 if primary is None:
                     primary = n
                     changed[n] = ref
@@ -247,11 +298,30 @@ class StateTracker:
         self._len = len(ns)
         return {"vars": changed, "deleted": deleted, "unserializable": unserializable}
 
-    def _remember(self, name: str, oid: int, key: str | None, stable: bool) -> None:
+    def _bound_method(self, obj: Any) -> Any:
+        """``push = stack.append``: saved as `stack`'s attribute, so that after a restore
+        ``push`` still appends to the restored ``stack`` (not to a copy of its own)."""
+        owner = getattr(obj, "__self__", None)
+        if not isinstance(obj, (types.MethodType, types.BuiltinMethodType)) or owner is None:
+            return None
+        if isinstance(owner, (types.ModuleType, type)):
+            return None
+        names = sorted(n for n in self.by_oid.get(id(owner), ()) if self.user_ns.get(n) is owner)
+        if not names:
+            return None
+        from .serialize import Encoded, type_name
+
+        spec = json.dumps({"self": names[0], "attr": obj.__name__}).encode()
+        return Encoded("bound", type_name(obj), spec)
+
+    def _remember(
+        self, name: str, obj: Any, key: str | None, stable: bool, mark: Any = None
+    ) -> None:
+        oid = id(obj)
         old = self.known.get(name)
         if old is not None and old.oid != oid:
             self._unalias(name, old.oid)
-        self.known[name] = _Known(oid, key, stable)
+        self.known[name] = _Known(oid, key, stable, obj if stable else None, mark)
         self.by_oid.setdefault(oid, set()).add(name)
 
     def _forget(self, name: str) -> None:
@@ -349,6 +419,9 @@ class StateTracker:
 
     # -- restore --------------------------------------------------------------------
     def load_ref(self, ref: dict[str, Any]) -> Any:
+        if ref["kind"] == "bound":  # the attribute of a restored variable (loaded before)
+            spec = json.loads(base64.b64decode(ref["inline"]))
+            return getattr(self.user_ns[spec["self"]], spec["attr"])
         if ref["kind"] == "module":
             return decode("module", b"", ref.get("module"), self.user_ns)
         if ref.get("chunks") is not None:
@@ -377,7 +450,7 @@ class StateTracker:
         there with the reason and the others still load; without it, the first
         failure raises.
         """
-        order = {"module": 0, "cloudpickle": 1}
+        order = {"module": 0, "cloudpickle": 1, "bound": 3}
         loaded: dict[str, Any] = {}
         self._pending_process = None
         if PROCESS_KEY in refs and self.process is not None:
@@ -446,14 +519,16 @@ class StateTracker:
             if name in SPECIAL_KEYS or name not in self.user_ns:
                 continue
             obj = self.user_ns[name]
-            self._remember(name, id(obj), ref["digest"], _is_stable(obj))
+            stable = _is_stable(obj) or ref["kind"] == "bound"
+            mark = _definition_mark(obj) if isinstance(obj, _DEFINITIONS) else None
+            self._remember(name, obj, ref["digest"], stable, mark)
             blobs = self.blobs
             if blobs is not None:
                 for key in ref.get("chunks") or ():
                     blobs.trust(key)  # read and verified just now: no need to write again
         for name in rebuilt:
             if name in self.user_ns:
-                self._remember(name, id(self.user_ns[name]), None, True)
+                self._remember(name, self.user_ns[name], None, True)
         self._len = len(self.user_ns)
 
 
@@ -468,8 +543,3 @@ def _filled(cell: Any) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _is_plain(obj: Any) -> bool:
-    """Values whose reach is only themselves (the common case: skip the walk)."""
-    return is_immutable(obj) or type(obj) in (list, dict, set, tuple)

@@ -73,9 +73,13 @@ def restore_plan(
             broken.pop(name, None)
         for name, ref in state.get("vars", {}).items():
             target = ref.get("target")
-            if target and origin.get(target) == index:
-                ref = {**ref, "group": f"{index}:{target}"}
-                refs[target]["group"] = f"{index}:{target}"
+            held = refs.get(target) if target else None
+            if held is not None and held["digest"] == ref["digest"]:
+                # an alias of a name saved now or in an earlier cell, with the same
+                # value: restored as one object
+                group = held.get("group") or f"{origin[target]}:{target}"
+                refs[target] = {**held, "group": group}
+                ref = {**ref, "group": group}
             refs[name] = ref
             origin[name] = index
             broken.pop(name, None)

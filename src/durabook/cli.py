@@ -401,16 +401,14 @@ def _send_event(args: argparse.Namespace) -> int:
 
 
 def _run_env(args: argparse.Namespace) -> dict[str, str]:
-    """What the run's kernel gets beyond the allow-list: ``--env`` and the names the
-    notebook declares (``metadata.durabook.env``), with their values here."""
+    """What the run's kernel gets beyond the allow-list: what ``--env`` names, only.
+
+    A notebook may list the variables it needs (``metadata.durabook.env``); they are
+    not passed on its say-so (a notebook from elsewhere could ask for your secrets),
+    but each one not given with ``--env`` is named in a note."""
     from .notebook import declared_env, load_notebook
 
     env: dict[str, str] = {}
-    for name in declared_env(load_notebook(args.notebook)):
-        if name in os.environ:
-            env[name] = os.environ[name]
-        else:
-            print(f"note: {name}, which the notebook declares, is not set here", file=sys.stderr)
     for item in args.env:
         name, eq, value = item.partition("=")
         if not eq:
@@ -418,6 +416,9 @@ def _run_env(args: argparse.Namespace) -> dict[str, str]:
                 raise BadInput(f"--env {name}: no such variable here (use --env {name}=VALUE)")
             value = os.environ[name]
         env[name] = value
+    for name in declared_env(load_notebook(args.notebook)):
+        if name not in env:
+            print(f"note: the notebook asks for {name}; pass it with --env {name}", file=sys.stderr)
     return env
 
 

@@ -327,6 +327,8 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 status=status.value,
             )
         if notebook is not None:
+            # what the last run journaled belongs to the old version: in the store first
+            self._recover_or_refuse(instance_id)
             self._switch_version(inst, notebook)
         return self.execute(instance_id, progress)
 
@@ -389,7 +391,10 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 found.append(inst["id"])
                 continue
             # the cells its kernel journaled are committed: copy them in first
-            suspension = self.recovery.recover_journals(inst["id"])
+            recovered = self.recovery.recover_journals(inst["id"])
+            if not recovered.complete:
+                continue  # its kernel still lives: judged when it has gone
+            suspension = recovered.suspension
             nb = self.executed_notebook(inst)
             if suspension is not None:  # it was suspending when its process died
                 status, fields = self._suspension_fields(suspension)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import committed_prefix, restore_plan
-from .errors import InvalidState, UnrestorableState, storage_full
+from .errors import EngineBusy, InvalidState, UnrestorableState, storage_full
 from .models import ErrorInfo, RunResult, Status
 from .notebook import source_hash
 from .output import build_output, write_notebook
@@ -88,16 +88,17 @@ class Execution:
         """
         progress = progress or _progress()
         while True:
-            self.recovery.recover_journals(instance_id)
+            self._recover_or_refuse(instance_id)
             inst = self._instance(instance_id)
             if Status(inst["status"]) == Status.TERMINATED:
                 return self._result(inst)  # terminated meanwhile: nothing resumes it
-            self._claim(instance_id)
+            journal = self.recovery.new_journal(instance_id)
+            self._claim(instance_id, journal.name)
             try:
                 inst = self._instance(instance_id)
                 if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
                     return self._result(inst)
-                result, again = self._execute_once(inst, progress, timeout)
+                result, again = self._execute_once(inst, progress, timeout, journal)
             finally:
                 with self._lock:
                     self._active.discard(instance_id)
@@ -107,8 +108,17 @@ class Execution:
                 return result
             time.sleep(again)
 
+    def _recover_or_refuse(self, instance_id: str) -> None:
+        """Copy in what the last run journaled; refuse while its kernel still lives."""
+        if not self.recovery.recover_journals(instance_id).complete:
+            raise EngineBusy(
+                f"the kernel of instance {instance_id}'s last run is still alive (it holds "
+                "its journal); try again when it has exited",
+                instance=instance_id,
+            )
+
     def _execute_once(
-        self, inst: dict[str, Any], progress: Progress, timeout: float | None
+        self, inst: dict[str, Any], progress: Progress, timeout: float | None, journal: Path
     ) -> tuple[RunResult, float | None]:
         """One kernel's worth of a run. Returns the result, and the seconds to wait
         before running again in this process (None: the run is over for now)."""
@@ -143,10 +153,10 @@ class Execution:
             if i < (todo[0].index if todo else 1 << 30)
         ]
         progress.start(iid, len(code), done)
-        journal = self.recovery.new_journal(iid)
         futures: list[Future[Any]] = []
         outcome = None
         kernel = None
+        runner: Runner | None = None
         try:
             stop = self.stop_file(iid)
             stop.unlink(missing_ok=True)
@@ -196,7 +206,8 @@ class Execution:
                 err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
                 if full is not None:
                     err = ErrorInfo(ename="StorageFull", evalue=full.message)
-                self._finish(inst, nb, Status.FAILED, todo[0].index if todo else None, err)
+                at = runner.current() if runner is not None else None
+                self._finish(inst, nb, Status.FAILED, at or (todo[0].index if todo else None), err)
                 if full is not None:
                     raise full from exc
                 raise
@@ -257,7 +268,7 @@ class Execution:
             return error.model_copy(update={"retry_in_s": opts.delay_before(attempts[failed])})
         return error
 
-    def _claim(self, instance_id: str) -> None:
+    def _claim(self, instance_id: str, journal: str) -> None:
         pid, start, host = self._me
         with self._lock:
             if instance_id in self._active:
@@ -274,6 +285,7 @@ class Execution:
                     owner_host=host,
                     failed_cell=None,
                     error=None,
+                    journal=journal,  # recovery reads this file and no other
                 )
             )
         except BaseException:

@@ -84,10 +84,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (
         4,
         "step rows name their journal record (crash recovery copies each record once); "
-        "run options (declared environment, scan mode)",
+        "the journal a run writes; run options (declared environment, scan mode)",
         """
         ALTER TABLE steps ADD COLUMN rid VARCHAR;
         ALTER TABLE instances ADD COLUMN options VARCHAR;
+        ALTER TABLE instances ADD COLUMN journal VARCHAR;
         """,
     ),
 ]

@@ -53,6 +53,10 @@ ENV_ALLOW = frozenset(
         "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_MAX_THREADS",
         "DURABOOK_HOME",
+        # the network and libraries a notebook works with under papermill too
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
+        "CUDA_HOME",
     }
 )  # fmt: skip
 ENV_ALLOW_PREFIXES = ("LC_",)

@@ -12,14 +12,14 @@ Once a run's records are all in the store, its journal is deleted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from durabook_kernel.journal import JournalReader, wait_unlocked
 
@@ -34,12 +34,24 @@ if TYPE_CHECKING:
     from .blobs import BlobStore
     from .writer import Writer
 
-__all__ = ["OUTPUTS_INLINE_LIMIT", "Recovery"]
+__all__ = ["OUTPUTS_INLINE_LIMIT", "Recovered", "Recovery"]
 
 log = logging.getLogger("durabook.recovery")
 
 OUTPUTS_INLINE_LIMIT = 64 * 1024
-LOCK_WAIT = 10.0  # seconds to wait for a dying kernel to let go of its journal
+LOCK_WAIT = 3.0  # seconds to wait for a dying kernel to let go of its journal
+
+
+class Recovered(NamedTuple):
+    complete: bool  # False: the run's kernel still holds its journal
+    suspension: dict[str, Any] | None  # the run ended by suspending
+
+
+def _same_cell(rec: dict[str, Any], cell: Any) -> bool:
+    """A record counts for the cell it was made for: same id and same source."""
+    if rec.get("hash") is None:
+        return True  # a record of a version of durabook that did not write hashes
+    return rec.get("id") == cell.get("id") and rec["hash"] == source_hash(cell.source)
 
 
 class Recovery:
@@ -58,22 +70,22 @@ class Recovery:
         self.blobs = blobs
         self.notebook_of = notebook_of
         self.is_active = is_active
+        self._lock = threading.Lock()
 
     def new_journal(self, instance_id: str) -> Path:
+        """A fresh journal for one pass of a run (its name goes into the instance's row
+        when the run is claimed: recovery reads that file and no other)."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self.folder / f"{instance_id}.{uuid.uuid4().hex[:12]}.jnl"
+        return self.folder / f"{instance_id}.{uuid.uuid4().hex}.jnl"
 
     def done_with(self, journal: Path) -> None:
         """Every record of the journal is in the store: it is not needed any more."""
         journal.unlink(missing_ok=True)
 
-    def journals(self, instance_id: str) -> list[Path]:
+    def _strays(self, instance_id: str, expected: str | None) -> list[Path]:
         if not self.folder.exists():
             return []
-        paths = list(self.folder.glob(f"{instance_id}.*.jnl"))
-        with contextlib.suppress(OSError):
-            paths.sort(key=lambda p: p.stat().st_mtime_ns)
-        return paths
+        return [p for p in self.folder.glob(f"{instance_id}.*.jnl") if p.name != expected]
 
     def step_row(
         self,
@@ -96,73 +108,88 @@ class Recovery:
                 text = None
         return Store.step_row(step, time.time_ns(), text, blob, rid=rid)
 
-    def recover_journals(self, instance_id: str) -> dict[str, Any] | None:
-        """Copy the records a crashed run journaled into the store, then drop its journals.
+    def recover_journals(self, instance_id: str) -> Recovered:
+        """Copy the records a crashed run journaled into the store, then drop its journal.
 
-        Returns the suspension request when the run's last act was to suspend
-        (``sleep`` / ``wait_for_event``), so the caller can put it to sleep
-        instead of calling it failed.
+        Only the journal the engine named in the instance's row when it claimed the
+        run is read (a file another kernel planted under the instance's name is
+        removed, never read), and a record counts only for the cell of the same id and
+        source it was made for. ``complete`` is False when the run's kernel still holds
+        its journal (it is alive): then nothing may run or be marked failed yet.
+        ``suspension`` is the request of a run whose last act was to suspend, so the
+        caller can put it to sleep instead of calling it failed.
         """
-        paths = self.journals(instance_id)
-        if not paths or self.is_active(instance_id):
-            return None
-        inst = self.store.instance_row(instance_id)
-        if inst is None:
-            return None
+        if self.is_active(instance_id):
+            return Recovered(True, None)
+        with self._lock:  # one recovery at a time: two never read the same journal
+            inst = self.store.instance_row(instance_id)
+            if inst is None:
+                return Recovered(True, None)
+            expected = inst.get("journal")
+            for stray in self._strays(instance_id, expected):
+                log.warning("%s: ignoring %s, which this engine did not make", instance_id, stray)
+                stray.unlink(missing_ok=True)
+            path = self.folder / expected if expected else None
+            if path is None or not path.exists():
+                return Recovered(True, None)
+            if not wait_unlocked(str(path), LOCK_WAIT):
+                log.warning("%s: its kernel still holds %s", instance_id, path)
+                return Recovered(False, None)
+            rows, suspension = self._rows(inst, path)
+            if rows:
+                self.writer.call(lambda c: Store.insert_new_steps(c, instance_id, rows))
+            self.done_with(path)
+            return Recovered(True, suspension)
+
+    def _rows(
+        self, inst: dict[str, Any], path: Path
+    ) -> tuple[list[tuple[Any, ...]], dict[str, Any] | None]:
+        instance_id = inst["id"]
         nb = self.notebook_of(inst)
         cells = {i: c for i, c in enumerate(nb.cells) if c.cell_type == "code"}
-        known = self.store.step_rids(instance_id)
         _, attempts = self.store.latest_steps(instance_id)
         rows: list[tuple[Any, ...]] = []
         suspension: dict[str, Any] | None = None
-        for path in paths:
-            if not wait_unlocked(str(path), LOCK_WAIT):
-                log.warning("%s: its kernel still holds %s; recovered later", instance_id, path)
-                return None
-            started: tuple[int, dict[str, Any]] | None = None
-            for seq, rec in JournalReader(str(path)).read_new():
-                index = rec.get("index")
-                if index not in cells:
-                    continue
-                kind = rec.get("t")
-                if kind == "start":
-                    started, suspension = (seq, rec), None
-                    continue
-                started = None
-                if kind == "suspend":
-                    suspension = rec.get("request")
-                    continue
-                if kind != "cell" or f"{path.name}:{seq}" in known:
-                    continue
-                suspension = None
-                rows.append(
-                    self._row(instance_id, cells[index], index, rec, attempts, f"{path.name}:{seq}")
+        started: tuple[int, dict[str, Any]] | None = None
+        for seq, rec in JournalReader(str(path)).read_new():
+            cell = cells.get(rec.get("index"))  # type: ignore[arg-type]
+            if cell is None or not _same_cell(rec, cell):
+                continue  # made for another version of the notebook: not this cell's
+            kind = rec.get("t")
+            if kind == "start":
+                started, suspension = (seq, rec), None
+                continue
+            started = None
+            if kind == "suspend":
+                suspension = rec.get("request")
+                continue
+            if kind != "cell":
+                continue
+            suspension = None
+            rows.append(
+                self._row(instance_id, cell, rec["index"], rec, attempts, f"{path.name}:{seq}")
+            )
+        if started is not None:
+            seq, rec = started
+            interrupted = {
+                "status": "error",
+                "started_at": rec.get("at"),
+                "error": {
+                    "ename": "RunnerDied",
+                    "evalue": f"the process running cell {rec['index']} was killed",
+                },
+            }
+            rows.append(
+                self._row(
+                    instance_id,
+                    cells[rec["index"]],
+                    rec["index"],
+                    interrupted,
+                    attempts,
+                    f"{path.name}:{seq}:killed",
                 )
-            if started is not None and f"{path.name}:{started[0]}:killed" not in known:
-                seq, rec = started
-                interrupted = {
-                    "status": "error",
-                    "started_at": rec.get("at"),
-                    "error": {
-                        "ename": "RunnerDied",
-                        "evalue": f"the process running cell {rec['index']} was killed",
-                    },
-                }
-                rows.append(
-                    self._row(
-                        instance_id,
-                        cells[rec["index"]],
-                        rec["index"],
-                        interrupted,
-                        attempts,
-                        f"{path.name}:{seq}:killed",
-                    )
-                )
-        if rows:
-            self.writer.submit_steps(rows).result()
-        for path in paths:
-            self.done_with(path)
-        return suspension
+            )
+        return rows, suspension
 
     def _row(
         self,

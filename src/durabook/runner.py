@@ -101,7 +101,10 @@ class Runner:
         outcome = self.outcome
         full_plan = {
             **plan,
-            "cells": [{"index": c.index, "id": c.cell_id, "source": c.source} for c in cells],
+            "cells": [
+                {"index": c.index, "id": c.cell_id, "source": c.source, "hash": c.source_hash}
+                for c in cells
+            ],
         }
         code = "await __import__('durabook_kernel').drive(" + repr(json.dumps(full_plan)) + ")"
         msg = kc.session.msg(
@@ -172,7 +175,13 @@ class Runner:
                     outcome.ok = False
                     outcome.error = ErrorInfo(**content["error"])
                     if self.position < len(cells):
-                        self._finish_cell({"error": content["error"], "status": "error"}, None)
+                        cell = cells[self.position]
+                        outcome.failed = cell
+                        if self.started is not None and self.started[0] == cell.index:
+                            # it had started: a failed attempt (an interrupt that lands
+                            # between two cells fails none, and the next is not charged)
+                            record = {"error": content["error"], "status": "error"}
+                            self._finish_cell(record, self.started[1][: -len("killed")] + "abort")
             elif kind == "status" and m["content"].get("execution_state") == "idle":
                 break
         self._read_journal()
@@ -188,6 +197,10 @@ class Runner:
                 ename="DriverError", evalue="the kernel stopped before running every cell"
             )
         return outcome
+
+    def current(self) -> int | None:
+        """The index of the cell running now (or next), None when all are done."""
+        return self._current_index() if hasattr(self, "cells") else None
 
     def _current_index(self) -> int | None:
         return self.cells[self.position].index if self.position < len(self.cells) else None

@@ -38,7 +38,7 @@ _LOCK_PID = re.compile(r"PID (\d+)")
 _INSTANCE_COLS = (
     "id, notebook, version, status, parameters, created_at, updated_at, owner_pid, "
     "owner_start, owner_host, failed_cell, error, output, cwd, wake_at, waiting_for, "
-    "suspension, resolutions, options"
+    "suspension, resolutions, options, journal"
 )
 _STEP_COLS = (
     "instance_id, idx, seq, cell_id, source_hash, status, attempt, started_at, duration_ms, "
@@ -131,7 +131,8 @@ class Store:
         now = utcnow()
         c.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL, ?, "
+            "NULL)",
             [
                 row["id"],
                 row["notebook"],
@@ -252,16 +253,22 @@ class Store:
         out["options"] = json.loads(out["options"]) if out["options"] else {}
         return out
 
-    def step_rids(self, instance_id: str) -> set[str]:
+    @staticmethod
+    def step_rids(c: Any, instance_id: str) -> set[str]:
         """Journal records of an instance already copied into the store."""
-        rows = (
-            self.cursor()
-            .execute(
-                "SELECT rid FROM steps WHERE instance_id = ? AND rid IS NOT NULL", [instance_id]
-            )
-            .fetchall()
-        )
+        rows = c.execute(
+            "SELECT rid FROM steps WHERE instance_id = ? AND rid IS NOT NULL", [instance_id]
+        ).fetchall()
         return {r[0] for r in rows}
+
+    @staticmethod
+    def insert_new_steps(c: Any, instance_id: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert the rows whose journal record is not in the store yet (in the writer's
+        transaction: two recoveries of one instance never copy a record twice)."""
+        known = Store.step_rids(c, instance_id)
+        fresh = [r for r in rows if r[-1] is None or r[-1] not in known]
+        Store.insert_steps(c, fresh)
+        return len(fresh)
 
     def version_blob(self, vhash: str) -> str:
         row = self.cursor().execute("SELECT blob FROM versions WHERE hash = ?", [vhash]).fetchone()
