@@ -198,3 +198,34 @@ def test_resume_now_wakes_a_sleeper_early(home: Path, tmp_path: Path):
     assert code == 0 and done["status"] == "completed"
     assert time.monotonic() - started < 60
     assert Client().status(res["id"]).status == Status.COMPLETED
+
+
+def test_a_failing_commit_is_recorded_and_resume_recovers_the_journaled_cells(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from concurrent.futures import Future
+
+    log = tmp_path / "ran.log"
+    nb = write_nb(
+        tmp_path / "c.ipynb",
+        [f"with open({str(log)!r}, 'a') as f:\n    f.write('{i}\\n')" for i in range(3)],
+    )
+    with Engine() as eng:
+        iid, _ = eng.create(nb)
+
+        def broken(rows: object) -> Future[object]:
+            fut: Future[object] = Future()
+            fut.set_exception(OSError("I/O error writing the store"))
+            return fut
+
+        monkeypatch.setattr(eng.writer, "submit_steps", broken)
+        with pytest.raises(OSError):
+            eng.execute(iid)
+        monkeypatch.undo()
+        st = eng.status(iid)
+        assert st.status == Status.FAILED and st.error and "I/O error" in st.error.evalue
+        # the cells were journaled before the store failed: resume copies them in and
+        # runs none of them again
+        assert eng.resume(iid).status == Status.COMPLETED
+        assert [c.status.value for c in eng.status(iid).cells] == ["committed"] * 3
+    assert log.read_text() == "0\n1\n2\n"

@@ -15,6 +15,7 @@ of the engine service (issue 7), which reshapes this code anyway.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
@@ -207,7 +208,9 @@ class Execution:
                 if full is not None:
                     err = ErrorInfo(ename="StorageFull", evalue=full.message)
                 at = runner.current() if runner is not None else None
-                self._finish(inst, nb, Status.FAILED, at or (todo[0].index if todo else None), err)
+                if at is None and todo:
+                    at = todo[0].index
+                self._finish(inst, nb, Status.FAILED, at, err)
                 if full is not None:
                     raise full from exc
                 raise
@@ -219,9 +222,17 @@ class Execution:
             try:
                 f.result()  # every step copied into the store before the instance is done
             except Exception as exc:
+                # the store could not take a step: the journal keeps it (copied in by the
+                # next resume); the instance is recorded failed here if the store lets us
                 full = storage_full(exc, self.home)
+                err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
                 if full is not None:
-                    raise full from exc  # the journal keeps the cells: nothing is lost
+                    err = ErrorInfo(ename="StorageFull", evalue=full.message)
+                at = runner.current() if runner is not None else None
+                with contextlib.suppress(Exception):
+                    self._finish(inst, nb, Status.FAILED, at, err)
+                if full is not None:
+                    raise full from exc
                 raise
         self.recovery.done_with(journal)
         with self._lock:
