@@ -159,7 +159,7 @@ async def drive(plan_json: str) -> None:
         parent = kernel.get_parent("shell") or {}
         capture = OutputCapture(kernel, (parent.get("header") or {}).get("msg_id"))
         capture.install()
-    journal = JournalWriter(plan["journal"], fsync=plan.get("fsync", True))
+    journal = JournalWriter(plan["journal"])
     try:
         problems = await _restore(shell, tracker, plan)
         if problems is None:

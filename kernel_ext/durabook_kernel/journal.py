@@ -37,17 +37,16 @@ _HEADER = 18  # "%08x %08x "
 
 
 class JournalWriter:
-    def __init__(self, path: str, fsync: bool = True) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.fsync = fsync
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.lockf(self.fd, fcntl.LOCK_EX)  # held until this process ends or closes it
-        if fsync:  # the new file's name must survive a power loss too
-            folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+        # the new file's name must survive a power loss too
+        folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def append(self, record: dict[str, Any], durable: bool = True) -> None:
         payload = json.dumps(record, separators=(",", ":"), default=str).encode()
@@ -55,7 +54,7 @@ class JournalWriter:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
-        if durable and self.fsync:
+        if durable:
             os.fdatasync(self.fd)
 
     def close(self) -> None:

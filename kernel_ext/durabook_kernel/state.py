@@ -72,6 +72,7 @@ _DYNAMIC = re.compile(
 # names that, in the code of a function a cell reaches, make the cell dynamic too
 _DYNAMIC_NAMES = frozenset({"globals", "locals", "vars", "exec", "eval", "setattr", "delattr"})
 _DEFINITIONS = (types.FunctionType, type)
+_METHODS = (types.MethodType, types.BuiltinMethodType)
 _SMALL = 256  # a container this small is looked into for the functions it holds
 
 
@@ -123,10 +124,9 @@ class StateTracker:
         self._len = -1  # len(user_ns) after the last checkpoint; -1: scan everything next
         self._code_names: dict[types.CodeType, frozenset[str]] = {}
         self._dynamic_code = False
-        self._random_digest: str | None = None
-        self._np_random_digest: str | None = None
-        self._random_state: Any = None
-        self._np_random_state: Any = None
+        # per global random generator: the digest last saved, and a cheap mark of its state
+        self._gen_digests: dict[str, str] = {}
+        self._gen_marks: dict[str, Any] = {}
         self._process_snapshot: Any = None
         self._pending_process: Any = None  # loaded by restore(), applied by restore_process()
         self._early_problems: list[str] = []
@@ -255,7 +255,9 @@ class StateTracker:
 
         changed: dict[str, dict[str, Any]] = {}
         unserializable: dict[str, dict[str, str]] = {}
-        for oid, names in groups.items():
+        # bound methods last: one is saved as its owner's attribute once the owner is known
+        order = sorted(groups.items(), key=lambda kv: isinstance(ns[kv[1][0]], _METHODS))
+        for oid, names in order:
             # names outside the reach bound to the same object change with it
             aliases = {n for n in self.by_oid.get(oid, ()) if n in ns and id(ns[n]) == oid}
             names = sorted(set(names) | aliases)
@@ -302,7 +304,7 @@ class StateTracker:
         """``push = stack.append``: saved as `stack`'s attribute, so that after a restore
         ``push`` still appends to the restored ``stack`` (not to a copy of its own)."""
         owner = getattr(obj, "__self__", None)
-        if not isinstance(obj, (types.MethodType, types.BuiltinMethodType)) or owner is None:
+        if not isinstance(obj, _METHODS) or owner is None:
             return None
         if isinstance(owner, (types.ModuleType, type)):
             return None
@@ -374,28 +376,16 @@ class StateTracker:
         return self.blobs
 
     def _checkpoint_random(self, changed: dict[str, dict[str, Any]]) -> None:
-        # a hash of the generator's state (625 words) costs about a microsecond; comparing
-        # the tuples element by element, or pickling and hashing them, ten to fifty times that
-        state = random.getstate()
-        mark = hash(state)
-        if mark != self._random_state:
+        for key, tname, get, mark_of in _generators():
+            state = get()
+            mark = mark_of(state)
+            if mark == self._gen_marks.get(key):
+                continue  # the common case: no draw since the last cell
+            self._gen_marks[key] = mark
             data = pickle.dumps(state, protocol=5)
-            key = digest(data)
-            self._random_state = mark
-            if key != self._random_digest:
-                self._random_digest = key
-                changed[RANDOM_KEY] = self._store_raw("pickle", "random.state", data)
-        np = sys.modules.get("numpy")
-        if np is not None and hasattr(np, "random"):
-            npstate = np.random.get_state(legacy=True)
-            npmark = _np_mark(npstate)
-            if npmark != self._np_random_state:
-                data = pickle.dumps(npstate, protocol=5)
-                key = digest(data)
-                self._np_random_state = npmark
-                if key != self._np_random_digest:
-                    self._np_random_digest = key
-                    changed[NP_RANDOM_KEY] = self._store_raw("pickle", "numpy.random.state", data)
+            if digest(data) != self._gen_digests.get(key):
+                changed[key] = self._store_raw("pickle", tname, data)
+                self._gen_digests[key] = changed[key]["digest"]
 
     def _checkpoint_process(self, changed: dict[str, dict[str, Any]]) -> None:
         if self.process is None:
@@ -477,14 +467,14 @@ class StateTracker:
             loaded[name] = obj
         if RANDOM_KEY in refs:
             random.setstate(self.load_ref(refs[RANDOM_KEY]))
-            self._random_digest = refs[RANDOM_KEY]["digest"]
-            self._random_state = hash(random.getstate())
         if NP_RANDOM_KEY in refs:
             import numpy as np
 
             np.random.set_state(self.load_ref(refs[NP_RANDOM_KEY]))
-            self._np_random_digest = refs[NP_RANDOM_KEY]["digest"]
-            self._np_random_state = _np_mark(np.random.get_state(legacy=True))
+        for key, _tname, get, mark_of in _generators():
+            if key in refs:
+                self._gen_digests[key] = refs[key]["digest"]
+                self._gen_marks[key] = mark_of(get())
         return loaded
 
     def restore_process(self, refs: dict[str, dict[str, Any]]) -> list[str]:
@@ -535,6 +525,24 @@ class StateTracker:
 def _np_mark(state: Any) -> tuple[Any, ...]:
     """numpy's legacy generator state, cheaply comparable: (key words hashed, the rest)."""
     return (hash(state[1].tobytes()), *state[2:])
+
+
+def _generators() -> list[tuple[str, str, Any, Any]]:
+    """The global random generators draws after a resume must continue: (key, type
+    name, get state, mark of a state). A hash of a state (625 words) costs about a
+    microsecond; pickling and hashing it every cell cost fifty times that."""
+    gens: list[tuple[str, str, Any, Any]] = [(RANDOM_KEY, "random.state", random.getstate, hash)]
+    np = sys.modules.get("numpy")
+    if np is not None and hasattr(np, "random"):
+        gens.append(
+            (
+                NP_RANDOM_KEY,
+                "numpy.random.state",
+                lambda: np.random.get_state(legacy=True),
+                _np_mark,
+            )
+        )
+    return gens
 
 
 def _filled(cell: Any) -> bool:
