@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from durabook.api.models import CreateRequest, IdRequest, ListRequest
+from durabook.api.service import Service
 from durabook_kernel.wire import socket_path
 
 from .conftest import cli_json, outputs_text, write_nb
@@ -70,7 +72,7 @@ def test_eight_runs_at_once_on_one_home_all_complete(home: Path, tmp_path: Path)
     elapsed = time.monotonic() - started
     print(f"{ROUNDS} rounds of {PROCS} runs: {elapsed:.1f} s")
     assert len(ids) == ROUNDS * PROCS
-    code, items = cli_json("list")
+    code, items = cli_json("list", "--limit", "10000")
     assert code == 0
     assert {i["id"] for i in items} == ids
     assert {i["status"] for i in items} == {"completed"}
@@ -146,7 +148,7 @@ def test_a_request_refused_by_a_leaving_owner_goes_to_the_next_one(home: Path, t
 
     nb = write_nb(tmp_path / "ok.ipynb", ["print('handed over')"])
     eng = Engine(home)
-    server = ControlServer(eng)
+    server = ControlServer(Service(eng))
     sock = _connect(home)
     assert sock is not None
     remote = RemoteEngine(home, sock, serve=True)
@@ -154,16 +156,18 @@ def test_a_request_refused_by_a_leaving_owner_goes_to_the_next_one(home: Path, t
         server.drain()  # nothing in flight: from now on requests are refused unseen
         server.close()
         eng.close()
-        res = remote.run(nb)  # the owner is gone: this process opens the store itself
+        res = remote.run(
+            CreateRequest(notebook=str(nb))
+        )  # the owner is gone: this process opens the store itself
         assert res.status.value == "completed"
         assert res.output is not None and outputs_text(res.output)[0] == "handed over\n"
         # and, serving now, it answers other processes
         sock2 = _connect(home)
         assert sock2 is not None
         other = RemoteEngine(home, sock2)
-        assert [i.id for i in other.list()] == [res.id]
+        assert [i.id for i in other.list(ListRequest()).items] == [res.id]
         other.close()
-        assert remote.status(res.id).status.value == "completed"
+        assert remote.status(IdRequest(id=res.id)).status.value == "completed"
     finally:
         remote.close()
     assert not socket_path(home).exists()

@@ -12,11 +12,10 @@ what it uses.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .driver import STEP_MSG, drive
-from .process import ProcessState
-from .state import StateTracker
+if TYPE_CHECKING:
+    from .driver import STEP_MSG, drive
 
 __all__ = [
     "STEP_MSG",
@@ -28,10 +27,23 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # lazy: `durabook_kernel.wire` (the socket protocol) is imported by every durabook
+    # command; the driver and state tracker only by kernels
+    if name in ("STEP_MSG", "drive"):
+        from . import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'durabook_kernel' has no attribute {name!r}")
+
+
 class Extension:
     """Per-shell state: the tracker, and whether a batch driver is running."""
 
     def __init__(self, shell: Any) -> None:
+        from .process import ProcessState
+        from .state import StateTracker
+
         self.shell = shell
         self.tracker = StateTracker(shell.user_ns, set(getattr(shell, "user_ns_hidden", ())))
         self.tracker.process = ProcessState(shell)

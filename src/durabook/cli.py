@@ -12,45 +12,15 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .engine import Progress
+from .display import BarProgress, print_result, print_status, stdout_to_devnull
 from .errors import BadInput, DurabookError
-from .models import CellStatus, InstanceStatus, RunResult, Status
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["main"]
-
-
-class _BarProgress(Progress):
-    """A tqdm bar on stderr that advances when a cell's checkpoint is committed."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-
-    def start(self, instance_id: str, total: int, done: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total,
-            initial=done,
-            desc=instance_id,
-            unit="cell",
-            file=sys.stderr,
-            leave=False,
-            dynamic_ncols=True,
-        )
-
-    def committed(self, index: int) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -100,6 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    sb = sub.add_parser("submit", help="queue a notebook as a new instance and return at once")
+    sb.add_argument("notebook")
+    sb.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
+    )
+    sb.add_argument("--id", help="instance id (default: generated)")
+    sb.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]")
+    sb.add_argument("--scan-all", action="store_true")
+    sb.add_argument("--json", action="store_true", help="print one JSON object")
+    for q in (run, sb):
+        q.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+        q.add_argument("--tenant", help="whose instance: dispatch is fair between tenants")
+        q.add_argument("--workflow", help="limits per workflow apply (default: the notebook)")
+        q.add_argument("--webhook", help="URL told (POST) when the instance ends or waits")
+
+    wt = sub.add_parser("wait", help="follow an instance until it is final or suspended")
+    wt.add_argument("id")
+    wt.add_argument("--timeout", type=float, help="give up after this many seconds (exit 5)")
+    wt.add_argument("--json", action="store_true")
+    wt.add_argument("-q", "--quiet", action="store_true")
+
     res = sub.add_parser("resume", help="continue an instance at its first uncommitted cell")
     res.add_argument("id")
     res.add_argument("--notebook", help="an edited notebook: resume at its first changed cell")
@@ -141,17 +132,44 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="exit after this many idle seconds (default: run until stopped)",
     )
+    sv.add_argument(
+        "--concurrency", type=int, help="instances executing at once (default: the cores)"
+    )
+    sv.add_argument("--per-tenant", type=int, help="at most this many of one tenant at once")
+    sv.add_argument("--per-workflow", type=int, help="at most this many of one workflow at once")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="serve the HTTP API on this port (0: any free)")
+    sv.add_argument("--token", help="the HTTP API's token (default: generated and printed)")
+    sv.add_argument("--no-auth", action="store_true", help="no token (loopback only)")
 
     ls = sub.add_parser("list", help="instances, newest first")
     ls.add_argument("--status")
-    ls.add_argument("--limit", type=int)
+    ls.add_argument("--tenant")
+    ls.add_argument("--limit", type=int, default=100)
     ls.add_argument("--json", action="store_true")
+
+    from .schedule_cli import add_parser
+
+    add_parser(sub)
     return p
 
 
 _PARAM_FLAGS = ("-p", "--parameter")
 _GLOBAL_VALUE_FLAGS = ("--home",)
-_RUN_VALUE_FLAGS = ("--id", "--if-exists", "--output")
+_RUN_VALUE_FLAGS = (
+    "--id",
+    "--if-exists",
+    "--output",
+    "--env",
+    "--priority",
+    "--tenant",
+    "--workflow",
+    "--webhook",
+    "--cron",
+    "--tz",
+    "--overlap",
+    "--catch-up",
+)
 
 
 def _take_parameters(argv: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -171,7 +189,7 @@ def _take_parameters(argv: list[str]) -> tuple[list[str], list[list[str]]]:
             i += 1
         else:
             break
-    if i >= len(argv) or argv[i] != "run":
+    if i >= len(argv) or argv[i] not in ("run", "submit", "schedule"):
         return argv, []
     rest, params = argv[: i + 1], []
     i += 1
@@ -193,82 +211,13 @@ def _take_parameters(argv: list[str]) -> tuple[list[str], list[list[str]]]:
     return rest, params
 
 
-def _print_result(res: RunResult, as_json: bool, id_printed: bool) -> None:
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "id": res.id,
-                    "status": res.status.value,
-                    "failed_cell": res.failed_cell,
-                    "output": res.output,
-                }
-            )
-        )
-        return
-    if not id_printed:
-        print(res.id, flush=True)
-    msg = f"{res.id}: {res.status.value}"
-    if res.failed_cell is not None:
-        msg += f" at cell {res.failed_cell}"
-    if res.error is not None:
-        msg += f": {res.error.ename}: {res.error.evalue}"
-    if res.output:
-        msg += f"\n  output: {res.output}"
-    print(msg, file=sys.stderr)
-
-
-def _when(dt: datetime) -> str:
-    return f"{dt:%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _print_status(st: InstanceStatus) -> None:
-    print(f"{st.id}  {st.status.value}  {st.notebook}")
-    print(
-        f"  version {st.version}  created {st.created_at:%Y-%m-%d %H:%M:%S}  "
-        f"updated {st.updated_at:%Y-%m-%d %H:%M:%S}"
-    )
-    if st.status == Status.SLEEPING and st.wake_at is not None:
-        print(f"  sleeping until {_when(st.wake_at)}")
-    elif st.status == Status.WAITING and st.waiting_for is not None:
-        timeout = f", times out at {_when(st.wake_at)}" if st.wake_at is not None else ""
-        print(f"  waiting for the event {st.waiting_for!r}{timeout}")
-    if st.error is not None:
-        print(f"  failed at cell {st.failed_cell}: {st.error.ename}: {st.error.evalue}")
-    for c in st.cells:
-        dur = f"{c.duration_ms:9.1f} ms" if c.duration_ms is not None else " " * 12
-        name = f"  step {c.name!r}" if c.name else ""
-        extra = ""
-        if c.unserializable:
-            extra = "  unsaved: " + ", ".join(
-                f"{k} ({v.type})" for k, v in c.unserializable.items()
-            )
-        print(f"  [{c.index:>3}] {c.status.value:<9} x{c.attempts} {dur}  {c.cell_id}{name}{extra}")
-        if len(c.history) > 1:  # retried: every attempt's error, and the wait after it
-            for a in c.history:
-                if a.status != CellStatus.FAILED or a.error is None:
-                    continue
-                retry = ""
-                if a.error.retry_in_s is not None:
-                    retry = f" (retry in {a.error.retry_in_s:g} s)"
-                print(f"        attempt {a.attempt}: {a.error.ename}: {a.error.evalue}{retry}")
-
-
-def _stdout_to_devnull() -> None:
-    """The reader of stdout went away (``durabook list | head -1``): the Python docs'
-    recipe, so the interpreter's final flush does not raise BrokenPipeError again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(sys.argv[1:] if argv is None else list(argv))
         sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
         return code
     except BrokenPipeError:
-        _stdout_to_devnull()
+        stdout_to_devnull()
         return 128 + 13  # as a process killed by SIGPIPE (what `yes | head -1` reports)
 
 
@@ -276,7 +225,7 @@ def _main(argv: list[str]) -> int:
     os.umask(0o077)  # what durabook creates (DuckDB's own files included) is the owner's alone
     argv, params = _take_parameters(argv)
     args = _parser().parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "submit") or (args.command == "schedule" and params):
         args.parameter = params
     try:
         return _dispatch(args)
@@ -289,19 +238,37 @@ def _main(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
     import signal
     import threading
 
+    from .dispatcher import Limits
     from .engine import Engine
     from .serve import serve
 
+    for flag in ("concurrency", "per_tenant", "per_workflow"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise BadInput(f"--{flag.replace('_', '-')} must be at least 1")
+    limits = Limits(
+        concurrency=args.concurrency or os.cpu_count() or 1,
+        per_tenant=args.per_tenant,
+        per_workflow=args.per_workflow,
+    )
+    http = None
+    if args.port is not None:
+        http = {"host": args.host, "port": args.port, "token": args.token, "no_auth": args.no_auth}
+        if args.no_auth and args.token:
+            raise BadInput("--token and --no-auth exclude each other")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     with _open_for_serve(args.home, Engine) as eng:
-        print(f"durabook engine for {eng.home} (pid {os.getpid()})", file=sys.stderr, flush=True)
-        serve(eng, stop, args.idle_timeout)
+        print(
+            f"durabook engine for {eng.home} (pid {os.getpid()}, {limits.concurrency} at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        serve(eng, stop, args.idle_timeout, limits=limits, http=http)
     return 0
 
 
@@ -313,8 +280,8 @@ def _open_for_serve(home: str | None, engine: Any, wait: float = 60.0) -> Any:
 
     from durabook_kernel import wire
 
-    from .engine import resolve_home
     from .errors import EngineBusy
+    from .home import resolve_home
 
     deadline = time.monotonic() + wait
     said = False
@@ -340,61 +307,79 @@ def _open_for_serve(home: str | None, engine: Any, wait: float = 60.0) -> Any:
             time.sleep(0.1)
 
 
-def _resume_here(eng: Any, args: argparse.Namespace) -> int:
-    progress = _BarProgress(not args.quiet)
+def _resume_here(svc: Any, args: argparse.Namespace) -> int:
+    """Continue an instance and follow it (run here, or by the serving engine)."""
+    from .api.models import ResumeRequest
+
+    progress = BarProgress(not args.quiet)
     try:
-        res = eng.resume(
-            args.id,
-            getattr(args, "notebook", None),
-            progress=progress,
+        req = ResumeRequest(
+            id=args.id,
+            notebook=getattr(args, "notebook", None),
             now=bool(getattr(args, "now", False)),
         )
+        res = svc.resume(req, progress)
     finally:
         progress.close()
-    _print_result(res, args.json, False)
-    return res.exit_code
+    print_result(res, args.json, True)
+    return int(res.exit_code)
+
+
+def _follow(svc: Any, iid: str, args: argparse.Namespace) -> int:
+    """Follow an instance the serving engine runs."""
+    from .api.models import WaitRequest
+
+    progress = BarProgress(not args.quiet)
+    try:
+        res = svc.wait(WaitRequest(id=iid), progress)
+    finally:
+        progress.close()
+    print_result(res, args.json, True)
+    return int(res.exit_code)
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
-    from .remote import RemoteEngine, open_engine
+    from .api.models import IdRequest, RestartRequest
+    from .models import Status
+    from .remote import open_engine
 
-    with open_engine(args.home, serve=True) as eng:
+    with open_engine(args.home, serve=True) as svc:
         if args.command == "restart":
-            eng.restart(args.id, args.from_cell)
-            if isinstance(eng, RemoteEngine) or not eng.wakes_instances:
-                return _resume_here(eng, args)
-            return 0
-        if isinstance(eng, RemoteEngine):
-            answer = eng.lifecycle(args.command, args.id)
-            status, resumed = answer["status"], answer["resumed_by_engine"]
+            reply = svc.restart(RestartRequest(id=args.id, from_cell=args.from_cell))
         else:
-            status, resumed = getattr(eng, args.command)(args.id).value, False
-        if args.command == "unpause" and status == "queued" and not resumed:
-            return _resume_here(eng, args)  # nobody else would run it: run it now
+            reply = getattr(svc, args.command)(IdRequest(id=args.id))
+        if reply.status == Status.QUEUED and args.command in ("restart", "unpause"):
+            if not reply.resumed_by_engine:
+                return _resume_here(svc, args)  # nobody else would run it: run it now
+            if args.command == "restart":
+                return _follow(svc, args.id, args)
     if args.json:
-        print(json.dumps({"id": args.id, "status": status}))
+        print(json.dumps({"id": args.id, "status": reply.status.value}))
     else:
-        print(f"{args.id}: {status}", file=sys.stderr)
-    if args.command == "unpause" and Status(status).suspended:
+        print(f"{args.id}: {reply.status.value}", file=sys.stderr)
+    if args.command == "unpause" and reply.status.suspended:
         return 3  # still sleeping or waiting, as `run` and `resume` say it
     return 0
 
 
 def _send_event(args: argparse.Namespace) -> int:
-    from .remote import RemoteEngine, open_engine
+    from .api.models import EventRequest
+    from .remote import open_engine
 
-    with open_engine(args.home, serve=True) as eng:
-        if isinstance(eng, RemoteEngine):
-            answer = eng.send_event(args.id, args.name, args.data)
-            delivered, resumed = answer["delivered"], answer["resumed_by_engine"]
-        else:
-            delivered, resumed = eng.send_event(args.id, args.name, args.data), False
-        if delivered and not resumed:
+    data: Any = None
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"event data is not JSON: {exc.msg} at column {exc.colno}") from None
+    with open_engine(args.home, serve=True) as svc:
+        reply = svc.send_event(EventRequest(id=args.id, name=args.name, data=data))
+        if reply.delivered and not reply.resumed_by_engine:
             # no engine keeps running here: resume the instance in the foreground
-            return _resume_here(eng, args)
-    what = "delivered; the engine resumes it" if delivered else "kept until it waits for it"
+            return _resume_here(svc, args)
+    what = "delivered; the engine resumes it" if reply.delivered else "kept until it waits for it"
     if args.json:
-        print(json.dumps({"id": args.id, "event": args.name, "delivered": delivered}))
+        print(json.dumps({"id": args.id, "event": args.name, "delivered": reply.delivered}))
     else:
         print(f"event {args.name!r} for {args.id}: {what}", file=sys.stderr)
     return 0
@@ -406,8 +391,6 @@ def _run_env(args: argparse.Namespace) -> dict[str, str]:
     A notebook may list the variables it needs (``metadata.durabook.env``); they are
     not passed on its say-so (a notebook from elsewhere could ask for your secrets),
     but each one not given with ``--env`` is named in a note."""
-    from .notebook import declared_env, load_notebook
-
     env: dict[str, str] = {}
     for item in args.env:
         name, eq, value = item.partition("=")
@@ -416,10 +399,120 @@ def _run_env(args: argparse.Namespace) -> dict[str, str]:
                 raise BadInput(f"--env {name}: no such variable here (use --env {name}=VALUE)")
             value = os.environ[name]
         env[name] = value
-    for name in declared_env(load_notebook(args.notebook)):
+    for name in _declared_env(args.notebook):
         if name not in env:
             print(f"note: the notebook asks for {name}; pass it with --env {name}", file=sys.stderr)
     return env
+
+
+def _declared_env(path: str) -> list[str]:
+    """``metadata.durabook.env`` read with plain JSON (nbformat costs a command 0.1 s);
+    a notebook that cannot be read is the engine's to report."""
+    if not os.path.isfile(path):  # a pipe would block here
+        return []
+    try:
+        with open(path, "rb") as fh:
+            meta = json.loads(fh.read()).get("metadata", {})
+        names = meta.get("durabook", {}).get("env", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _create_request(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from .api.models import CreateRequest
+
+    try:
+        return CreateRequest(
+            notebook=str(os.path.abspath(args.notebook)),
+            parameters=dict(args.parameter),
+            id=args.id,
+            output=getattr(args, "output", None),
+            from_text=True,
+            if_exists=getattr(args, "if_exists", "return"),
+            env=_run_env(args) or None,
+            scan_all=args.scan_all,
+            priority=args.priority,
+            tenant=args.tenant,
+            workflow=args.workflow,
+            webhook=args.webhook,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .remote import open_engine
+
+    progress = BarProgress(not args.quiet)
+    printed = False
+
+    def created(iid: str) -> None:
+        nonlocal printed
+        if not args.json:
+            try:
+                print(iid, flush=True)
+            except BrokenPipeError:
+                stdout_to_devnull()  # nobody reads stdout: the run itself goes on
+            printed = True
+
+    req = _create_request(args)
+    with open_engine(args.home, serve=True) as svc:
+        try:
+            res = svc.run(req, progress, created)
+        finally:
+            progress.close()
+    print_result(res, args.json, printed)
+    return int(res.exit_code)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .remote import open_engine
+
+    req = _create_request(args)
+    with open_engine(args.home, serve=False) as svc:
+        ref = svc.create(req)
+        serving = svc.health().serving
+    if not serving and ref.created:
+        print(
+            f"note: no engine serves this home: `durabook serve` runs {ref.id} "
+            f"(or `durabook wait {ref.id}` runs it here)",
+            file=sys.stderr,
+        )
+    if args.json:
+        print(json.dumps(ref.model_dump(mode="json")))
+    else:
+        print(ref.id)
+        if not ref.created:
+            print(f"{ref.id}: exists already ({ref.status.value})", file=sys.stderr)
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from .api.models import WaitRequest
+    from .errors import InvalidState
+    from .remote import open_engine
+
+    if args.timeout is not None and args.timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds")
+    progress = BarProgress(not args.quiet)
+    with open_engine(args.home, serve=True) as svc:
+        try:
+            res = svc.wait(WaitRequest(id=args.id, timeout=args.timeout), progress)
+        except InvalidState as exc:
+            if not exc.fields.get("timeout"):
+                raise
+            progress.close()
+            print(exc.one_line(), file=sys.stderr)
+            return 5
+        finally:
+            progress.close()
+    print_result(res, args.json, True)
+    return int(res.exit_code)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -427,56 +520,50 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "serve":
         return _serve(args)
+    if args.command == "schedule":
+        from .schedule_cli import main as schedule_main
+
+        return schedule_main(args)
     if args.command == "send-event":
         return _send_event(args)
     if args.command in ("pause", "unpause", "terminate", "restart"):
         return _lifecycle(args)
     if args.command == "run":
-        params = dict(args.parameter)
-        progress = _BarProgress(not args.quiet)
-        printed = False
-
-        def created(iid: str) -> None:
-            nonlocal printed
-            if not args.json:
-                try:
-                    print(iid, flush=True)
-                except BrokenPipeError:
-                    _stdout_to_devnull()  # nobody reads stdout: the run itself goes on
-                printed = True
-
-        with open_engine(args.home, serve=True) as eng:
-            try:
-                res = eng.run(
-                    args.notebook,
-                    params,
-                    args.id,
-                    args.output,
-                    from_text=True,
-                    progress=progress,
-                    on_created=created,
-                    if_exists=args.if_exists,
-                    env=_run_env(args),
-                    scan_all=args.scan_all,
-                )
-            finally:
-                progress.close()
-        _print_result(res, args.json, printed)
-        return res.exit_code
+        return _run(args)
+    if args.command == "submit":
+        return _submit(args)
+    if args.command == "wait":
+        return _wait(args)
     if args.command == "resume":
-        with open_engine(args.home, serve=True) as eng:
-            return _resume_here(eng, args)
+        with open_engine(args.home, serve=True) as svc:
+            return _resume_here(svc, args)
+    from .api.models import IdRequest, ListRequest
+
     if args.command == "status":
-        with open_engine(args.home) as eng:
-            st = eng.status(args.id)
+        with open_engine(args.home) as svc:
+            st = svc.status(IdRequest(id=args.id))
         if args.json:
             print(json.dumps(st.model_dump(mode="json")))
         else:
-            _print_status(st)
+            print_status(st)
         return 0
     if args.command == "list":
-        with open_engine(args.home) as eng:
-            items = eng.list(args.status, args.limit)
+        from pydantic import ValidationError
+
+        try:
+            query = ListRequest(status=args.status, tenant=args.tenant, limit=args.limit)
+        except ValidationError as exc:
+            from .models import Status
+
+            if any(e["loc"] == ("status",) for e in exc.errors()):
+                names = " ".join(s.value for s in Status)
+                raise BadInput(f"unknown status {args.status!r}; one of: {names}") from None
+            raise BadInput(f"bad list options: {exc.errors()[0]['msg']}") from None
+        with open_engine(args.home) as svc:
+            page = svc.list(query)
+        items = page.items
+        if page.next_cursor and not args.json:
+            print(f"(the newest {len(items)}; --limit N shows more)", file=sys.stderr)
         if args.json:
             print(json.dumps([i.model_dump(mode="json") for i in items]))
         else:

@@ -1,33 +1,76 @@
-"""``durabook.Client``: the Python API, the same verbs as the command line."""
+"""``durabook.Client``: the Python API, the same verbs as the command line.
+
+Every method goes through the engine interface (:mod:`durabook.api.service`):
+the home's store opened in this process when nobody owns it, else the engine
+that owns it (``durabook serve``, a running ``durabook run``) over its socket.
+Replies are the same types either way.
+"""
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .engine import Engine, Progress, resolve_home
-from .models import InstanceStatus, InstanceSummary, RunResult, Status
-from .remote import RemoteEngine, open_engine
+from .home import resolve_home
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from .api.models import InstancePage, InstanceRef, ScheduleInfo
+    from .api.service import Service
+    from .models import InstanceStatus, InstanceSummary, RunResult
+    from .progress import Progress
+    from .remote import RemoteEngine
 
 __all__ = ["Client"]
 
 
 class Client:
-    """Runs and inspects instances of one home (``$DURABOOK_HOME`` or ``./.durabook``).
-
-    Each call opens the home's store for its duration, or, when another process
-    owns it (a ``durabook serve``, a running ``durabook run``), asks that process.
-    """
+    """Runs and inspects instances of one home (``$DURABOOK_HOME`` or ``./.durabook``)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = resolve_home(home)
 
     @contextmanager
-    def engine(self) -> Iterator[Engine | RemoteEngine]:
-        with open_engine(self.home, serve=True) as eng:
-            yield eng
+    def engine(self) -> Iterator[Service | RemoteEngine]:
+        from .remote import open_engine
+
+        with open_engine(self.home, serve=True) as svc:
+            yield svc
+
+    def create(
+        self,
+        notebook: str | os.PathLike[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        *,
+        notebook_json: dict[str, Any] | NotebookNode | None = None,
+        id: str | None = None,
+        priority: int = 0,
+        tenant: str | None = None,
+        workflow: str | None = None,
+        webhook: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> InstanceRef:
+        """Queue a notebook (a path, or ``notebook_json``) as a new instance and return
+        at once; ``durabook serve`` runs it (``wait`` follows it)."""
+        from .api.models import CreateRequest
+
+        req = CreateRequest(
+            notebook=str(os.path.abspath(notebook)) if notebook is not None else None,
+            notebook_json=dict(notebook_json) if notebook_json is not None else None,
+            parameters=parameters,
+            id=id,
+            priority=priority,
+            tenant=tenant,
+            workflow=workflow,
+            webhook=webhook,
+            env=env,
+        )
+        with self.engine() as svc:
+            return svc.create(req)
 
     def run(
         self,
@@ -39,13 +82,35 @@ class Client:
         progress: Progress | None = None,
         env: dict[str, str] | None = None,
         scan_all: bool = False,
+        priority: int = 0,
+        tenant: str | None = None,
     ) -> RunResult:
-        """Run a notebook as a new instance. ``env``: variables its kernel gets beyond
-        the scrubbed allow-list; ``scan_all``: look at every variable after every cell."""
-        with self.engine() as eng:
-            return eng.run(
-                notebook, parameters, id, output, progress=progress, env=env, scan_all=scan_all
-            )
+        """Run a notebook as a new instance to a final or suspended state. ``env``:
+        variables its kernel gets beyond the scrubbed allow-list; ``scan_all``: look at
+        every variable after every cell."""
+        from .api.models import CreateRequest
+
+        req = CreateRequest(
+            notebook=str(os.path.abspath(notebook)),
+            parameters=parameters,
+            id=id,
+            output=str(os.path.abspath(output)) if output else None,
+            env=env,
+            scan_all=scan_all,
+            priority=priority,
+            tenant=tenant,
+        )
+        with self.engine() as svc:
+            return svc.run(req, progress)
+
+    def wait(
+        self, id: str, timeout: float | None = None, progress: Progress | None = None
+    ) -> RunResult:
+        """Follow an instance until it is final or suspended."""
+        from .api.models import WaitRequest
+
+        with self.engine() as svc:
+            return svc.wait(WaitRequest(id=id, timeout=timeout), progress)
 
     def resume(
         self,
@@ -57,46 +122,76 @@ class Client:
     ) -> RunResult:
         """Continue at the first uncommitted cell (of ``notebook`` when it was edited);
         ``now`` wakes a sleeping instance before its time."""
-        with self.engine() as eng:
-            return eng.resume(id, notebook, progress=progress, now=now)
+        from .api.models import ResumeRequest
+
+        nb = str(os.path.abspath(notebook)) if notebook else None
+        with self.engine() as svc:
+            return svc.resume(ResumeRequest(id=id, notebook=nb, now=now), progress)
 
     def status(self, id: str) -> InstanceStatus:
-        with self.engine() as eng:
-            return eng.status(id)
+        from .api.models import IdRequest
 
-    def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
-        with self.engine() as eng:
-            return eng.list(status, limit)
+        with self.engine() as svc:
+            return svc.status(IdRequest(id=id))
 
-    # -- lifecycle -------------------------------------------------------------------
+    def list(
+        self,
+        status: str | None = None,
+        limit: int | None = 100,
+        *,
+        tenant: str | None = None,
+        workflow: str | None = None,
+        schedule: str | None = None,
+    ) -> list[InstanceSummary]:
+        return self.page(status, limit, tenant=tenant, workflow=workflow, schedule=schedule).items
+
+    def page(
+        self,
+        status: str | None = None,
+        limit: int | None = 100,
+        *,
+        tenant: str | None = None,
+        workflow: str | None = None,
+        schedule: str | None = None,
+        cursor: str | None = None,
+    ) -> InstancePage:
+        """One page of instances, newest first; pass ``next_cursor`` for the next."""
+        from .api.models import ListRequest
+
+        query = ListRequest.model_validate(
+            {
+                "status": status,
+                "limit": limit or 10_000,
+                "tenant": tenant,
+                "workflow": workflow,
+                "schedule": schedule,
+                "cursor": cursor,
+            }
+        )
+        with self.engine() as svc:
+            return svc.list(query)
+
+    # -- events and lifecycle -------------------------------------------------------------
     def send_event(self, id: str, name: str, data: Any = None) -> InstanceStatus:
         """Send an event (``data``: anything JSON can hold). Without an engine running for
         this home, a waiting instance it wakes is resumed here, in the foreground."""
-        import json
+        from .api.models import EventRequest, IdRequest, ResumeRequest
 
-        text = None if data is None else json.dumps(data)
-        with self.engine() as eng:
-            if isinstance(eng, RemoteEngine):
-                answer = eng.send_event(id, name, text)
-                if answer["delivered"] and not answer["resumed_by_engine"]:
-                    eng.resume(id)
-            elif eng.send_event(id, name, text):
-                eng.resume(id)
-            return eng.status(id)
+        with self.engine() as svc:
+            reply = svc.send_event(EventRequest(id=id, name=name, data=data))
+            if reply.delivered and not reply.resumed_by_engine:
+                svc.resume(ResumeRequest(id=id))
+            return svc.status(IdRequest(id=id))
 
     def _lifecycle(self, op: str, id: str) -> InstanceStatus:
-        with self.engine() as eng:
-            if isinstance(eng, RemoteEngine):
-                answer = eng.lifecycle(op, id)
-                if (
-                    op == "unpause"
-                    and answer["status"] == "queued"
-                    and not (answer["resumed_by_engine"])
-                ):
-                    eng.resume(id)
-            elif getattr(eng, op)(id) == Status.QUEUED and op == "unpause":
-                eng.resume(id)
-            return eng.status(id)
+        from .api.models import IdRequest, ResumeRequest
+        from .models import Status
+
+        with self.engine() as svc:
+            reply = getattr(svc, op)(IdRequest(id=id))
+            if reply.status == Status.QUEUED and op == "unpause" and not reply.resumed_by_engine:
+                svc.resume(ResumeRequest(id=id))
+            return svc.status(IdRequest(id=id))
 
     def pause(self, id: str) -> InstanceStatus:
         """A running instance stops after its current cell; a suspended one stays put."""
@@ -108,8 +203,21 @@ class Client:
     def terminate(self, id: str) -> InstanceStatus:
         return self._lifecycle("terminate", id)
 
+    def cancel(self, id: str) -> InstanceStatus:
+        """End an instance that has not started yet."""
+        return self._lifecycle("cancel", id)
+
     def restart(self, id: str, from_cell: int | None = None) -> RunResult:
         """Drop the checkpoints of cells ``from_cell`` on (all by default) and run again."""
-        with self.engine() as eng:
-            eng.restart(id, from_cell)
-            return eng.resume(id)
+        from .api.models import RestartRequest, ResumeRequest, WaitRequest
+
+        with self.engine() as svc:
+            reply = svc.restart(RestartRequest(id=id, from_cell=from_cell))
+            if reply.resumed_by_engine:
+                return svc.wait(WaitRequest(id=id))
+            return svc.resume(ResumeRequest(id=id))
+
+    # -- schedules ------------------------------------------------------------------------
+    def schedules(self) -> builtins.list[ScheduleInfo]:
+        with self.engine() as svc:
+            return svc.schedule_list()

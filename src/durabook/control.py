@@ -47,7 +47,7 @@ from durabook_kernel.wire import (
     socket_path,
 )
 
-from .engine import Engine, Progress
+from .api.service import VERBS, Service, Verb
 from .errors import (
     BadInput,
     DurabookError,
@@ -59,9 +59,10 @@ from .errors import (
     InvalidState,
     StorageFull,
     UnknownInstance,
+    UnknownSchedule,
     UnsafePath,
 )
-from .pool import close_thread_loop
+from .progress import Progress
 
 __all__ = ["ERRORS", "READ_ONLY", "ControlServer"]
 
@@ -70,12 +71,15 @@ log = logging.getLogger("durabook.control")
 OUTBOUND_QUEUE = 1000  # messages waiting for one client before it is dropped
 CLOSE_WAIT = 5.0  # seconds ControlServer.close waits for its connections' threads
 ACCEPT_TIMEOUT = 10.0  # seconds for "accepted" to reach a client before acting for it
-READ_ONLY = frozenset({"ping", "status", "list", "restore_plan"})  # safe to ask again
+READ_ONLY = frozenset(  # safe to ask again
+    {"ping", "restore_plan", *(name for name, verb in VERBS.items() if verb.read_only)}
+)
 
 ERRORS: dict[str, type[DurabookError]] = {  # error codes back to classes, client side
     ErrorCode.INVALID_NOTEBOOK.value: InvalidNotebook,
     ErrorCode.INVALID_PARAMETER.value: InvalidParameter,
     ErrorCode.UNKNOWN_INSTANCE.value: UnknownInstance,
+    ErrorCode.UNKNOWN_SCHEDULE.value: UnknownSchedule,
     ErrorCode.INVALID_STATE.value: InvalidState,
     ErrorCode.BAD_INPUT.value: BadInput,
     ErrorCode.ENGINE_BUSY.value: EngineBusy,
@@ -85,7 +89,7 @@ ERRORS: dict[str, type[DurabookError]] = {  # error codes back to classes, clien
 }
 
 
-# -- requests: one model per operation ------------------------------------------------
+# -- requests: the engine's verbs (durabook.api.service.VERBS) and the kernels' own ----
 
 
 class _Args(BaseModel):
@@ -98,27 +102,6 @@ class _NoArgs(_Args):
 
 class _IdArgs(_Args):
     id: str
-
-
-class _ListArgs(_Args):
-    status: str | None = None
-    limit: int | None = Field(None, ge=0)
-
-
-class _RunArgs(_Args):
-    notebook: str
-    parameters: dict[str, Any] | None = None
-    id: str | None = None
-    output: str | None = None
-    from_text: bool = False
-    if_exists: Literal["return", "error"] = "return"
-    env: dict[str, str] | None = None
-    scan_all: bool = False
-
-
-class _ResumeArgs(_IdArgs):
-    notebook: str | None = None
-    now: bool = False
 
 
 class _OpenSessionArgs(_Args):
@@ -149,106 +132,64 @@ class _CheckpointArgs(_IdArgs):
     step: _Step
 
 
-class _RestartArgs(_IdArgs):
-    from_cell: int | None = None
-
-
-class _SendEventArgs(_IdArgs):
-    name: str
-    data: str | None = None
-
-
 _Created = Callable[[str], None] | None
-_Handler = Callable[[Engine, Any, Progress | None, _Created], Any]
+_Handler = Callable[[Service, Any, Progress | None, _Created], Any]
 
 
-def _ping(eng: Engine, a: _NoArgs, progress: Progress | None, created: _Created) -> Any:
-    return {"pid": os.getpid(), "home": str(eng.home), "serving": eng.wakes_instances}
-
-
-def _status(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
-    return eng.status(a.id).model_dump(mode="json")
-
-
-def _list(eng: Engine, a: _ListArgs, progress: Progress | None, created: _Created) -> Any:
-    return [i.model_dump(mode="json") for i in eng.list(a.status, a.limit)]
-
-
-def _run(eng: Engine, a: _RunArgs, progress: Progress | None, created: _Created) -> Any:
-    res = eng.run(
-        a.notebook,
-        a.parameters,
-        a.id,
-        a.output,
-        from_text=a.from_text,
-        progress=progress,
-        on_created=created,
-        if_exists=a.if_exists,
-        env=a.env,
-        scan_all=a.scan_all,
-    )
-    return res.model_dump(mode="json")
-
-
-def _resume(eng: Engine, a: _ResumeArgs, progress: Progress | None, created: _Created) -> Any:
-    return eng.resume(a.id, a.notebook, progress=progress, now=a.now).model_dump(mode="json")
+def _ping(svc: Service, a: _NoArgs, progress: Progress | None, created: _Created) -> Any:
+    return {"pid": os.getpid(), "home": str(svc.home), "serving": svc.serving}
 
 
 def _open_session(
-    eng: Engine, a: _OpenSessionArgs, progress: Progress | None, created: _Created
+    svc: Service, a: _OpenSessionArgs, progress: Progress | None, created: _Created
 ) -> Any:
-    return eng.open_session(a.notebook, a.pid, a.cwd)
+    return svc.open_session(a.notebook, a.pid, a.cwd)
 
 
 def _checkpoint(
-    eng: Engine, a: _CheckpointArgs, progress: Progress | None, created: _Created
+    svc: Service, a: _CheckpointArgs, progress: Progress | None, created: _Created
 ) -> Any:
-    eng.commit_interactive(a.id, a.step.model_dump(exclude_none=True))
+    svc.checkpoint(a.id, a.step.model_dump(exclude_none=True))
 
 
-def _end_session(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
-    eng.end_session(a.id)
+def _end_session(svc: Service, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
+    svc.end_session(a.id)
 
 
-def _lifecycle(op: str) -> _Handler:
-    def handle(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
-        status = getattr(eng, op)(a.id)
-        return {"status": status.value, "resumed_by_engine": eng.wakes_instances}
+def _restore_plan(svc: Service, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
+    return svc.restore_plan(a.id)
+
+
+def _dump(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [_dump(r) for r in result]
+    return result
+
+
+def _verb(name: str, verb: Verb) -> _Handler:
+    def handle(svc: Service, a: Any, progress: Progress | None, created: _Created) -> Any:
+        method = getattr(svc, name)
+        if name in ("run", "create"):
+            result = method(a, progress, created) if name == "run" else method(a, created)
+        elif verb.streams:
+            result = method(a, progress)
+        else:
+            result = method(a)
+        return _dump(result)
 
     return handle
 
 
-def _restart(eng: Engine, a: _RestartArgs, progress: Progress | None, created: _Created) -> Any:
-    eng.restart(a.id, a.from_cell)
-
-
-def _send_event(
-    eng: Engine, a: _SendEventArgs, progress: Progress | None, created: _Created
-) -> Any:
-    delivered = eng.send_event(a.id, a.name, a.data)
-    return {"delivered": delivered, "resumed_by_engine": delivered and eng.wakes_instances}
-
-
-def _restore_plan(eng: Engine, a: _IdArgs, progress: Progress | None, created: _Created) -> Any:
-    return eng.session_restore_plan(a.id)
-
-
-_OPS: dict[str, tuple[type[_Args], _Handler]] = {
+_OPS: dict[str, tuple[type[BaseModel], _Handler]] = {
     "ping": (_NoArgs, _ping),
-    "status": (_IdArgs, _status),
-    "list": (_ListArgs, _list),
-    "run": (_RunArgs, _run),
-    "resume": (_ResumeArgs, _resume),
     "open_session": (_OpenSessionArgs, _open_session),
     "checkpoint": (_CheckpointArgs, _checkpoint),
     "end_session": (_IdArgs, _end_session),
-    "pause": (_IdArgs, _lifecycle("pause")),
-    "unpause": (_IdArgs, _lifecycle("unpause")),
-    "terminate": (_IdArgs, _lifecycle("terminate")),
-    "restart": (_RestartArgs, _restart),
-    "send_event": (_SendEventArgs, _send_event),
     "restore_plan": (_IdArgs, _restore_plan),
 }
+_OPS.update({name: (verb.request or _NoArgs, _verb(name, verb)) for name, verb in VERBS.items()})
 
 
 def _summary(exc: ValidationError) -> str:
@@ -273,7 +214,8 @@ class Request:
             raise BadInput(f"the args of `{op}` must be a JSON object, not {type(args).__name__}")
         model, self.handler = _OPS[op]
         try:
-            self.args = model.model_validate(args)
+            # strict, from JSON: `true` is no number, "5" no integer (enums take their values)
+            self.args = model.model_validate_json(json.dumps(args), strict=True)
         except ValidationError as exc:
             raise BadInput(f"bad arguments for `{op}`: {_summary(exc)}") from None
         self.op = op
@@ -290,9 +232,9 @@ class Request:
             raise BadInput('a request must be a JSON object: {"op": "...", "args": {...}}')
         return cls(req.get("op"), req.get("args"))
 
-    def run(self, eng: Engine, progress: Progress | None, created: _Created) -> Any:
+    def run(self, svc: Service, progress: Progress | None, created: _Created) -> Any:
         try:
-            return self.handler(eng, self.args, progress, created)
+            return self.handler(svc, self.args, progress, created)
         except RecursionError:
             raise BadInput(f"the arguments of `{self.op}` nest too deeply") from None
         except ValidationError as exc:  # a record built from the arguments (a step's manifest)
@@ -424,9 +366,9 @@ def _private_socket(path: Path) -> socket.socket:
 class ControlServer:
     """Serves one engine's verbs on its home's socket, a thread per connection."""
 
-    def __init__(self, engine: Engine, queue_limit: int = OUTBOUND_QUEUE) -> None:
-        self.engine = engine
-        self.path = socket_path(engine.home)
+    def __init__(self, service: Service, queue_limit: int = OUTBOUND_QUEUE) -> None:
+        self.service = service
+        self.path = socket_path(service.home)
         self.max_message = max_message_bytes()
         self.queue_limit = queue_limit
         try:
@@ -481,6 +423,8 @@ class ControlServer:
         except OSError:
             pass  # the client went away
         finally:
+            from .pool import close_thread_loop  # here: a client never imports the pool
+
             close_thread_loop()
             conn.finish()
             with self._cv:
@@ -537,7 +481,7 @@ class ControlServer:
             conn.send({"event": "created", "id": iid})
 
         try:
-            result = req.run(self.engine, _StreamProgress(conn), created)
+            result = req.run(self.service, _StreamProgress(conn), created)
         except DurabookError as exc:
             return _error_reply(exc)
         except Exception as exc:

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from .blobs import BlobStore
 from .checkpoints import committed_prefix
 from .errors import BadInput, InvalidState, UnknownInstance, storage_full
 from .execution import Execution
-from .home import prepare_home, tighten
+from .home import prepare_home, resolve_home, tighten
 from .lifecycle import Lifecycle
 from .models import (
     ErrorInfo,
@@ -42,8 +43,8 @@ from .notebook import (
     version_hash,
 )
 from .pool import KernelPool, KernelProcess, kernel_environment
+from .progress import Hub, Progress
 from .recovery import Recovery
-from .runner import CellResult
 from .sessions import INTERACTIVE, Sessions
 from .steps import check_step_options, step_options
 from .store import Store
@@ -55,21 +56,6 @@ __all__ = ["Engine", "Progress", "resolve_home"]
 OUTPUTS_INLINE_LIMIT = 64 * 1024
 IN_PROCESS_RETRY_MAX = 5.0  # seconds: longer retry delays suspend the instance
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-class Progress:
-    """Told about a run as it goes; the CLI draws a bar with it."""
-
-    def start(self, instance_id: str, total: int, done: int) -> None: ...
-    def executed(self, result: CellResult) -> None:
-        """A cell finished (called on the runner's thread, before its commit)."""
-
-    def committed(self, index: int) -> None: ...
-    def close(self) -> None: ...
-
-
-def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
-    return Path(home or os.environ.get("DURABOOK_HOME") or ".durabook").absolute()
 
 
 def _proc_start(pid: int) -> int | None:
@@ -106,6 +92,20 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
     return dict(env)
 
 
+class _Exists(Exception):
+    """The id was taken between the check and the insert (a racing create)."""
+
+
+def _insert_new(c: Any, row: dict[str, Any], if_exists: str) -> None:
+    """Insert unless the id exists: checked in the writer's transaction, so two creates
+    with one id (a schedule's fire retried, a client asking twice) make one instance."""
+    if c.execute("SELECT 1 FROM instances WHERE id = ?", [row["id"]]).fetchone():
+        if if_exists == "error":
+            raise BadInput(f"instance {row['id']} already exists", instance=row["id"])
+        raise _Exists()
+    Store.insert_instance(c, row)
+
+
 def check_instance_id(instance_id: str) -> str:
     if not instance_id or len(instance_id) > 64 or not set(instance_id) <= _ID_CHARS:
         raise BadInput(
@@ -129,8 +129,10 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         self._active: set[str] = set()
         self._kernels: dict[str, KernelProcess] = {}
         self._terminating: set[str] = set()
-        self.wakes_instances = False  # True in `durabook serve`: it resumes what it wakes
-        self.woken: set[str] = set()
+        self.serving = False  # True in `durabook serve`: its dispatcher runs what is queued
+        self.hub = Hub()  # run events, for followers (`durabook wait`, HTTP streams)
+        # told of every status an instance is given here: dispatcher, timers, webhooks
+        self.listeners: list[Callable[[str, Status], None]] = []
         self._lock = threading.Lock()
         self.recovery = Recovery(
             self.home,
@@ -150,6 +152,17 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
     def __enter__(self) -> Engine:
         return self
 
+    def changed(self, instance_id: str, status: Status) -> None:
+        """An instance was given ``status`` (written already): tell who listens."""
+        self.hub.publish(instance_id, {"event": "status", "status": status.value})
+        for listener in self.listeners:
+            try:
+                listener(instance_id, status)
+            except Exception:  # a listener's bug must not fail the write that was made
+                import logging
+
+                logging.getLogger("durabook.engine").exception("status listener failed")
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -166,6 +179,11 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         scan_all: bool = False,
+        priority: int = 0,
+        tenant: str | None = None,
+        workflow: str | None = None,
+        schedule: str | None = None,
+        webhook: str | None = None,
     ) -> tuple[str, bool]:
         """Validate and insert a ``queued`` instance. Returns (id, created).
 
@@ -176,6 +194,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         ``scan_all``: look at every variable after every cell (see README).
         """
         options = {"env": check_env(env or {}), "scan_all": bool(scan_all)}
+        submitted = isinstance(notebook, NotebookNode) and source_path is None
         if isinstance(notebook, NotebookNode):
             nb = parse_notebook(nbformat.writes(notebook), source_path or "<notebook>")
             path = Path(source_path or "notebook.ipynb").absolute()
@@ -191,6 +210,8 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                     raise BadInput(f"instance {instance_id} already exists", instance=instance_id)
                 return instance_id, False
         iid = instance_id or _new_id()
+        if submitted and cwd is None:
+            cwd = str(self.home / "work" / iid)  # a notebook with no folder of its own
         out = (
             str(Path(output).absolute()) if output else str(self.home / "outputs" / f"{iid}.ipynb")
         )
@@ -205,13 +226,22 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 "output": out,
                 "cwd": cwd or str(path.parent),
                 "options": options,
+                "priority": priority,
+                "tenant": tenant,
+                "workflow": workflow,
+                "schedule": schedule,
+                "webhook": webhook,
+                "queued_seq": time.time_ns(),
             }
-            self.writer.call(lambda c: Store.insert_instance(c, row))
+            self.writer.call(lambda c: _insert_new(c, row, if_exists))
+        except _Exists:
+            return iid, False
         except Exception as exc:
             full = storage_full(exc, self.home)
             if full is not None:
                 raise full from None
             raise
+        self.changed(iid, Status.QUEUED)
         return iid, True
 
     def _put_version(self, nb: NotebookNode, path: str | os.PathLike[str]) -> str:
@@ -281,7 +311,15 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         progress: Progress | None = None,
         now: bool = False,
     ) -> RunResult:
-        """Continue an instance; ``now`` wakes a sleeper before its time."""
+        """Continue an instance here; ``now`` wakes a sleeper before its time."""
+        self.prepare_resume(instance_id, notebook, now)
+        return self.execute(instance_id, progress)
+
+    def prepare_resume(
+        self, instance_id: str, notebook: str | os.PathLike[str] | None = None, now: bool = False
+    ) -> None:
+        """Check an instance can continue (switching to an edited ``notebook``): what
+        ``resume`` does before it executes, and a dispatcher's ``resume`` before it queues."""
         inst = self._instance(instance_id)
         status = Status(inst["status"])
         if now:
@@ -330,7 +368,11 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
             # what the last run journaled belongs to the old version: in the store first
             self._recover_or_refuse(instance_id)
             self._switch_version(inst, notebook)
-        return self.execute(instance_id, progress)
+
+    def requeue(self, instance_id: str) -> None:
+        """Back in the queue (a failed instance resumed under a dispatcher)."""
+        self.writer.call(lambda c: Store.requeue(c, instance_id))
+        self.changed(instance_id, Status.QUEUED)
 
     def _switch_version(self, inst: dict[str, Any], notebook: str | os.PathLike[str]) -> None:
         """Resume with an edited notebook: keep checkpoints up to the first changed cell."""
@@ -442,4 +484,4 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 names = " ".join(s.value for s in Status)
                 raise BadInput(f"unknown status {status!r}; one of: {names}") from None
         self.recover_orphans()
-        return self.store.list(status, limit)
+        return self.store.list(status, limit)[0]

@@ -22,6 +22,7 @@ __all__ = [
     "KernelDied",
     "StorageFull",
     "UnknownInstance",
+    "UnknownSchedule",
     "UnrestorableState",
     "UnsafePath",
     "storage_full",
@@ -32,6 +33,7 @@ class ErrorCode(str, Enum):
     INVALID_NOTEBOOK = "invalid_notebook"
     INVALID_PARAMETER = "invalid_parameter"
     UNKNOWN_INSTANCE = "unknown_instance"
+    UNKNOWN_SCHEDULE = "unknown_schedule"
     INVALID_STATE = "invalid_state"
     BAD_INPUT = "bad_input"
     ENGINE_BUSY = "engine_busy"
@@ -83,6 +85,10 @@ class InvalidParameter(BadInput):
 
 class UnknownInstance(BadInput):
     code = ErrorCode.UNKNOWN_INSTANCE
+
+
+class UnknownSchedule(BadInput):
+    code = ErrorCode.UNKNOWN_SCHEDULE
 
 
 class InvalidState(BadInput):

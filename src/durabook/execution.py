@@ -78,6 +78,9 @@ class Execution:
     def _deliver_pending(self, iid: str, request: dict[str, Any]) -> bool:
         raise NotImplementedError
 
+    def changed(self, instance_id: str, status: Status) -> None:
+        raise NotImplementedError
+
     def execute(
         self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
     ) -> RunResult:
@@ -161,6 +164,9 @@ class Execution:
         try:
             stop = self.stop_file(iid)
             stop.unlink(missing_ok=True)
+            work = Path(inst["cwd"] or ".")
+            if work.parent == self.home / "work":  # a submitted notebook's own folder
+                work.mkdir(mode=0o700, parents=True, exist_ok=True)
             kernel = self.pool.acquire()
             with self._lock:
                 self._kernels[iid] = kernel
@@ -303,6 +309,7 @@ class Execution:
             with self._lock:
                 self._active.discard(instance_id)
             raise
+        self.changed(instance_id, Status.RUNNING)
 
     def _commit_step(
         self, instance_id: str, res: CellResult, attempts: dict[int, int], progress: Progress
@@ -382,6 +389,7 @@ class Execution:
         finally:
             with self._lock:
                 self._active.discard(iid)
+        self.changed(iid, status)
         return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
 
     def _write_output(

@@ -18,7 +18,7 @@ from durabook_kernel.wire import UnsafeSocket, check_runtime_dir
 
 from .errors import UnsafePath
 
-__all__ = ["STORE_NAME", "SUBFOLDERS", "prepare_home", "tighten"]
+__all__ = ["STORE_NAME", "SUBFOLDERS", "prepare_home", "resolve_home", "tighten"]
 
 STORE_NAME = "durabook.duckdb"
 SUBFOLDERS = ("blobs", "outputs", "logs", "run", "journal")
@@ -112,3 +112,8 @@ def tighten(path: str | os.PathLike[str]) -> None:
         want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
         if stat.S_IMODE(st.st_mode) & ~want:
             os.chmod(item, stat.S_IMODE(st.st_mode) & want)
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The home folder: ``home``, else ``$DURABOOK_HOME``, else ``./.durabook``."""
+    return Path(home or os.environ.get("DURABOOK_HOME") or ".durabook").absolute()

@@ -35,8 +35,7 @@ class Lifecycle:
     home: Path
     store: Store
     writer: Writer
-    woken: set[str]
-    wakes_instances: bool
+    serving: bool
     _lock: threading.Lock
     _active: set[str]
     _kernels: dict[str, KernelProcess]
@@ -46,6 +45,9 @@ class Lifecycle:
         raise NotImplementedError
 
     def _wake_if_due(self, inst: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def changed(self, instance_id: str, status: Status) -> None:
         raise NotImplementedError
 
     def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
@@ -60,6 +62,8 @@ class Lifecycle:
 
     def _set(self, instance_id: str, **fields: Any) -> None:
         self.writer.call(lambda c: Store.update_instance(c, instance_id, **fields))
+        if "status" in fields:
+            self.changed(instance_id, fields["status"])
 
     def pause(self, instance_id: str) -> Status:
         inst = self._instance(instance_id)
@@ -96,8 +100,6 @@ class Lifecycle:
         self._set(instance_id, status=status)
         if status != Status.QUEUED and self._wake_if_due(self._instance(instance_id)):
             status = Status.QUEUED  # an event kept while paused, or a timer that came due
-        if status == Status.QUEUED and self.wakes_instances:
-            self.woken.add(instance_id)
         return status
 
     def terminate(self, instance_id: str) -> Status:
@@ -155,3 +157,4 @@ class Lifecycle:
         self.writer.call(apply)
         with contextlib.suppress(FileNotFoundError):
             self.stop_file(instance_id).unlink()
+        self.changed(instance_id, Status.QUEUED)

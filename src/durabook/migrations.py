@@ -91,4 +91,43 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE instances ADD COLUMN journal VARCHAR;
         """,
     ),
+    (
+        5,
+        "the engine as a service: queue order, priority, tenant, workflow, schedule and "
+        "webhook of instances; cron schedules; webhook deliveries",
+        """
+        ALTER TABLE instances ADD COLUMN priority INTEGER DEFAULT 0;
+        ALTER TABLE instances ADD COLUMN tenant VARCHAR;
+        ALTER TABLE instances ADD COLUMN workflow VARCHAR;
+        ALTER TABLE instances ADD COLUMN schedule VARCHAR;
+        ALTER TABLE instances ADD COLUMN webhook VARCHAR;
+        ALTER TABLE instances ADD COLUMN queued_seq BIGINT DEFAULT 0;
+        CREATE INDEX instances_status ON instances (status);
+        CREATE TABLE schedules (
+            name        VARCHAR PRIMARY KEY,
+            notebook    VARCHAR NOT NULL,
+            cron        VARCHAR NOT NULL,
+            tz          VARCHAR NOT NULL,
+            parameters  VARCHAR NOT NULL DEFAULT '{}',
+            overlap     VARCHAR NOT NULL,
+            catch_up    VARCHAR NOT NULL,
+            tenant      VARCHAR,
+            priority    INTEGER NOT NULL DEFAULT 0,
+            webhook     VARCHAR,
+            paused      BOOLEAN NOT NULL DEFAULT false,
+            created_at  TIMESTAMP NOT NULL,
+            last_fire   TIMESTAMP
+        );
+        CREATE TABLE notifications (
+            seq          BIGINT NOT NULL,
+            instance_id  VARCHAR NOT NULL,
+            url          VARCHAR NOT NULL,
+            body         VARCHAR NOT NULL,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            created_at   TIMESTAMP NOT NULL,
+            delivered_at TIMESTAMP,
+            last_error   VARCHAR
+        );
+        """,
+    ),
 ]

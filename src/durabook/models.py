@@ -135,6 +135,10 @@ class InstanceStatus(BaseModel):
     output: str | None = None
     wake_at: datetime | None = None  # sleeping: when it wakes; waiting: when it times out
     waiting_for: str | None = None  # waiting: the event's name
+    priority: int = 0
+    tenant: str | None = None
+    workflow: str | None = None  # dispatch limits per workflow (default: the notebook)
+    schedule: str | None = None  # the schedule that fired it
     cells: list[CellState] = Field(default_factory=list)
 
 
@@ -145,6 +149,10 @@ class InstanceSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     failed_cell: int | None = None
+    priority: int = 0
+    tenant: str | None = None
+    workflow: str | None = None
+    schedule: str | None = None
 
 
 class RunResult(BaseModel):

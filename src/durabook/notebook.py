@@ -82,6 +82,8 @@ def load_notebook(path: str | os.PathLike[str]) -> NotebookNode:
         raise InvalidNotebook(f"no such notebook: {p}", path=str(p))
     if p.is_dir():
         raise InvalidNotebook(f"{p} is a folder, not a notebook", path=str(p))
+    if not p.is_file():  # a pipe would block the reader forever, a device never end
+        raise InvalidNotebook(f"{p} is not a regular file", path=str(p))
     limit = max_notebook_bytes()
     try:
         size = p.stat().st_size

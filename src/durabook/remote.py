@@ -10,21 +10,47 @@ the owner dies after accepting one.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+from pydantic import BaseModel, TypeAdapter
 
 from durabook_kernel.wire import UnsafeSocket, encode, max_message_bytes, peer_credentials, recv
 from durabook_kernel.wire import connect as wire_connect
 
+from .api.models import (
+    CreateRequest,
+    EventReply,
+    EventRequest,
+    Health,
+    IdRequest,
+    InstancePage,
+    InstanceRef,
+    LifecycleReply,
+    ListRequest,
+    NameRequest,
+    RestartRequest,
+    ResumeRequest,
+    ScheduleInfo,
+    ScheduleRunsRequest,
+    ScheduleSpec,
+    WaitRequest,
+)
+from .api.service import VERBS, Service
 from .control import ERRORS, READ_ONLY, ControlServer, Request
-from .engine import Engine, Progress, resolve_home
 from .errors import BadInput, DurabookError, EngineBusy, EngineLost, UnsafePath
-from .models import InstanceStatus, InstanceSummary, RunResult
+from .home import resolve_home
+from .models import InstanceStatus, RunResult
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = ["RemoteEngine", "open_engine"]
 
@@ -38,6 +64,11 @@ def _connect(path: Path) -> socket.socket | None:
 
 def _acquire(path: Path, deadline: float) -> Engine | socket.socket:
     """Open the home's store, or reach the process that has it open."""
+    sock = _connect(path)  # an engine answers: no need to load the store's code at all
+    if sock is not None:
+        return sock
+    from .engine import Engine
+
     while True:
         try:
             return Engine(path)
@@ -58,7 +89,7 @@ def _serve_engine(eng: Engine, serve: bool) -> ControlServer | None:
     if not serve:
         return None
     try:
-        return ControlServer(eng)
+        return ControlServer(Service(eng))
     except BaseException:
         eng.close()
         raise
@@ -112,7 +143,7 @@ class RemoteEngine:
     ) -> None:
         self.home = home
         self.serve = serve
-        self.wait = wait
+        self.wait_s = wait
         self._local: Engine | None = None
         self._server: ControlServer | None = None
         self._attach(sock)
@@ -140,7 +171,7 @@ class RemoteEngine:
     def _reconnect(self, deadline: float) -> None:
         self._detach()
         target = _acquire(self.home, deadline)
-        if isinstance(target, Engine):
+        if not isinstance(target, socket.socket):
             self._server = _serve_engine(target, self.serve)
             self._local = target
         else:
@@ -160,7 +191,7 @@ class RemoteEngine:
 
         while True:
             if self._local is not None:
-                return Request(op, args).run(self._local, progress, on_created)
+                return Request(op, args).run(Service(self._local), progress, on_created)
             try:
                 msg = self._ask(op, args, progress, created, known)
             except _NotServed:
@@ -174,7 +205,7 @@ class RemoteEngine:
             else:
                 break
             if deadline is None:
-                deadline = time.monotonic() + self.wait
+                deadline = time.monotonic() + self.wait_s
             elif time.monotonic() > deadline:
                 raise EngineBusy(
                     f"the engine of {self.home} did not take the request `{op}`; try again"
@@ -247,81 +278,130 @@ class RemoteEngine:
             return text + "; `durabook list` shows whether the instance was created"
         return text + "; try again"
 
+    # -- the verbs: the same methods, requests and replies as durabook.api.service.Service
+    def _verb(
+        self,
+        name: str,
+        req: BaseModel | None = None,
+        progress: Progress | None = None,
+        on_created: Callable[[str], None] | None = None,
+    ) -> Any:
+        args = req.model_dump(mode="json", exclude_defaults=True) if req is not None else {}
+        out = self._call(name, progress, on_created, **args)
+        return _adapter(name).validate_python(out)
+
+    def create(
+        self, req: CreateRequest, on_created: Callable[[str], None] | None = None
+    ) -> InstanceRef:
+        return cast(InstanceRef, self._verb("create", _absolute(req), None, on_created))
+
     def run(
         self,
-        notebook: Any,
-        parameters: dict[str, Any] | None = None,
-        instance_id: str | None = None,
-        output: Any = None,
-        from_text: bool = False,
+        req: CreateRequest,
         progress: Progress | None = None,
-        on_created: Any = None,
-        if_exists: str = "return",
-        env: dict[str, str] | None = None,
-        scan_all: bool = False,
+        on_created: Callable[[str], None] | None = None,
     ) -> RunResult:
-        out = self._call(
-            "run",
-            progress,
-            on_created,
-            notebook=str(Path(notebook).absolute()),
-            parameters=parameters,
-            id=instance_id,
-            output=str(Path(output).absolute()) if output else None,
-            from_text=from_text,
-            if_exists=if_exists,
-            env=env,
-            scan_all=scan_all,
-        )
-        return RunResult.model_validate(out)
+        return cast(RunResult, self._verb("run", _absolute(req), progress, on_created))
 
-    def resume(
-        self,
-        instance_id: str,
-        notebook: Any = None,
-        progress: Progress | None = None,
-        now: bool = False,
-    ) -> RunResult:
-        nb = str(Path(notebook).absolute()) if notebook else None
-        out = self._call("resume", progress, id=instance_id, notebook=nb, now=now)
-        return RunResult.model_validate(out)
+    def resume(self, req: ResumeRequest, progress: Progress | None = None) -> RunResult:
+        if req.notebook:
+            req = req.model_copy(update={"notebook": str(Path(req.notebook).absolute())})
+        return cast(RunResult, self._verb("resume", req, progress))
 
-    def status(self, instance_id: str) -> InstanceStatus:
-        return InstanceStatus.model_validate(self._call("status", id=instance_id))
+    def wait(self, req: WaitRequest, progress: Progress | None = None) -> RunResult:
+        return cast(RunResult, self._verb("wait", req, progress))
 
-    def lifecycle(self, op: str, instance_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = self._call(op, id=instance_id)
-        return out
+    def status(self, req: IdRequest) -> InstanceStatus:
+        return cast(InstanceStatus, self._verb("status", req))
 
-    def restart(self, instance_id: str, from_cell: int | None = None) -> None:
-        self._call("restart", id=instance_id, from_cell=from_cell)
+    def list(self, req: ListRequest) -> InstancePage:
+        return cast(InstancePage, self._verb("list", req))
 
-    def send_event(self, instance_id: str, name: str, data: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = self._call("send_event", id=instance_id, name=name, data=data)
-        return out
+    def notebook(self, req: IdRequest) -> dict[str, Any]:
+        return cast("dict[str, Any]", self._verb("notebook", req))
 
-    def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
-        return [
-            InstanceSummary.model_validate(i)
-            for i in self._call("list", status=status, limit=limit)
-        ]
+    def health(self, req: Any = None) -> Health:
+        return cast(Health, self._verb("health"))
+
+    def send_event(self, req: EventRequest) -> EventReply:
+        return cast(EventReply, self._verb("send_event", req))
+
+    def pause(self, req: IdRequest) -> LifecycleReply:
+        return cast(LifecycleReply, self._verb("pause", req))
+
+    def unpause(self, req: IdRequest) -> LifecycleReply:
+        return cast(LifecycleReply, self._verb("unpause", req))
+
+    def terminate(self, req: IdRequest) -> LifecycleReply:
+        return cast(LifecycleReply, self._verb("terminate", req))
+
+    def cancel(self, req: IdRequest) -> LifecycleReply:
+        return cast(LifecycleReply, self._verb("cancel", req))
+
+    def restart(self, req: RestartRequest) -> LifecycleReply:
+        return cast(LifecycleReply, self._verb("restart", req))
+
+    def schedule_add(self, req: ScheduleSpec) -> ScheduleInfo:
+        req = req.model_copy(update={"notebook": str(Path(req.notebook).absolute())})
+        return cast(ScheduleInfo, self._verb("schedule_add", req))
+
+    def schedule_list(self, req: Any = None) -> builtins.list[ScheduleInfo]:
+        return cast("list[ScheduleInfo]", self._verb("schedule_list"))
+
+    def schedule_get(self, req: NameRequest) -> ScheduleInfo:
+        return cast(ScheduleInfo, self._verb("schedule_get", req))
+
+    def schedule_pause(self, req: NameRequest) -> ScheduleInfo:
+        return cast(ScheduleInfo, self._verb("schedule_pause", req))
+
+    def schedule_unpause(self, req: NameRequest) -> ScheduleInfo:
+        return cast(ScheduleInfo, self._verb("schedule_unpause", req))
+
+    def schedule_remove(self, req: NameRequest) -> ScheduleInfo:
+        return cast(ScheduleInfo, self._verb("schedule_remove", req))
+
+    def schedule_runs(self, req: ScheduleRunsRequest) -> InstancePage:
+        return cast(InstancePage, self._verb("schedule_runs", req))
+
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {}
+
+
+def _adapter(name: str) -> TypeAdapter[Any]:
+    if name not in _ADAPTERS:
+        _ADAPTERS[name] = TypeAdapter(VERBS[name].reply)
+    return _ADAPTERS[name]
+
+
+def _absolute(req: CreateRequest) -> CreateRequest:
+    """Paths are the caller's: the engine may run in another folder."""
+    update: dict[str, Any] = {}
+    if req.notebook:
+        update["notebook"] = str(Path(req.notebook).absolute())
+    if req.output:
+        update["output"] = str(Path(req.output).absolute())
+    if req.cwd:
+        update["cwd"] = str(Path(req.cwd).absolute())
+    return req.model_copy(update=update) if update else req
 
 
 @contextlib.contextmanager
 def open_engine(
     home: str | os.PathLike[str] | None = None, serve: bool = False, wait: float = 10.0
-) -> Iterator[Engine | RemoteEngine]:
-    """The home's engine: opened here when nobody owns the store, else reached remotely.
+) -> Iterator[Service | RemoteEngine]:
+    """The home's engine verbs: a :class:`Service` over the store opened here when
+    nobody owns it, else a :class:`RemoteEngine` asking the owner. Both have the
+    same methods, requests and replies.
 
     With ``serve`` the opened engine listens for other processes while in use,
     and on leaving waits for the runs it accepted.
     """
     path = resolve_home(home)
     target = _acquire(path, time.monotonic() + wait)
-    if isinstance(target, Engine):
+    if not isinstance(target, socket.socket):
         server = _serve_engine(target, serve)
         try:
-            yield target
+            yield Service(target)
         finally:
             _release(target, server)
         return

@@ -1,39 +1,76 @@
-"""``durabook serve``: a home's engine kept running.
+"""``durabook serve``: a home's engine kept running, as a service.
 
-It answers other processes on the control socket, fires timers (sleepers due,
-waits timed out), resumes instances an event woke, and on start resumes what a
-crash of the previous engine left behind: instances woken but not yet resumed,
-and instances whose runner died mid-run (from their last committed cell).
+:func:`start` attaches the collaborators that make an engine a service: the
+:class:`~durabook.dispatcher.Dispatcher` (queued instances run within limits),
+:class:`~durabook.timers.Timers` (sleeps and timeouts fire when due) and the
+:class:`~durabook.scheduler.Scheduler` (cron). :func:`serve` runs them with the
+control socket (and HTTP when asked) until stopped.
+
+On start it takes what a crash of the previous engine left behind: queued
+instances (created, woken or retried), and instances whose runner died mid-run
+(``RunnerDied``: they continue from their last committed cell).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from .control import ControlServer
+from .api.service import Service
+from .dispatcher import Dispatcher, Limits
 from .engine import Engine
-from .errors import DurabookError
 from .models import Status
-from .pool import close_thread_loop
+from .timers import Timers
 
-__all__ = ["serve"]
+__all__ = ["Served", "serve", "start"]
 
 log = logging.getLogger("durabook.serve")
-TICK = 0.2  # seconds between timer checks: the resolution of durable sleeps
 
 
-def _resume(eng: Engine, instance_id: str) -> None:
-    try:
-        res = eng.resume(instance_id)
-        log.info("%s: %s", instance_id, res.status.value)
-    except DurabookError as exc:  # e.g. resumed meanwhile by another request
-        log.info("%s: not resumed: %s", instance_id, exc.message)
-    except Exception:
-        log.exception("%s: resume failed", instance_id)
-    finally:
-        close_thread_loop()
+@dataclass
+class Served:
+    engine: Engine
+    service: Service
+    dispatcher: Dispatcher
+    timers: Timers
+    scheduler: Any = None
+    closers: list[Any] = field(default_factory=list)
+
+    def close(self, wait: float = 30.0) -> None:
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("closing %r failed", closer)
+        if self.scheduler is not None:
+            self.scheduler.close()
+        self.timers.close()
+        self.dispatcher.close(wait)
+        self.engine.serving = False
+
+
+def start(eng: Engine, limits: Limits | None = None, schedules: bool = True) -> Served:
+    """Make ``eng`` a service: dispatch, timers and cron run from now on."""
+    eng.serving = True
+    # runs whose runner or engine died: whoever noticed first marked them RunnerDied
+    for inst in eng.store.instances_with_status(Status.FAILED.value):
+        if (inst["error"] or {}).get("ename") == "RunnerDied":
+            eng.requeue(inst["id"])
+    dispatcher = Dispatcher(eng, limits)
+    timers = Timers(eng)
+    service = Service(eng, dispatcher)
+    served = Served(eng, service, dispatcher, timers)
+    dispatcher.start()
+    timers.start()
+    if schedules:
+        from .scheduler import Scheduler
+
+        served.scheduler = service.scheduler = Scheduler(eng, dispatcher)
+        served.scheduler.start()
+    return served
 
 
 def serve(
@@ -41,36 +78,35 @@ def serve(
     stop: threading.Event,
     idle_timeout: float = 0.0,
     ready: threading.Event | None = None,
+    limits: Limits | None = None,
+    http: dict[str, Any] | None = None,
 ) -> None:
-    eng.wakes_instances = True
-    server = ControlServer(eng)
-    threads: list[threading.Thread] = []
+    """Serve until ``stop`` is set (or ``idle_timeout`` seconds without work).
 
-    def start(iid: str) -> None:
-        t = threading.Thread(target=_resume, args=(eng, iid), name=f"run-{iid}", daemon=True)
-        t.start()
-        threads.append(t)
+    ``http``: keyword arguments of :func:`durabook.api.http.start_http` to serve
+    HTTP beside the socket."""
+    from .control import ControlServer
 
-    for inst in eng.store.instances_with_status(Status.QUEUED.value):
-        if inst["resolutions"] or inst["version"] != "interactive":
-            start(inst["id"])
-    # runs whose runner or engine died: whoever noticed first marked them RunnerDied
-    for inst in eng.store.instances_with_status(Status.FAILED.value):
-        if (inst["error"] or {}).get("ename") == "RunnerDied":
-            start(inst["id"])
+    served = start(eng, limits)
+    try:
+        server = ControlServer(served.service)
+        served.closers.append(server.close)
+        if http is not None:
+            from .api.http import start_http
+
+            web = start_http(served.service, **http)
+            served.closers.append(web.close)
+            print(f"HTTP API: {web.token_url}", file=sys.stderr, flush=True)
+    except BaseException:
+        served.close()
+        raise
     if ready is not None:
         ready.set()
     try:
-        while not stop.wait(TICK):
-            for iid in eng.tick():
-                start(iid)
-            while eng.woken:
-                start(eng.woken.pop())
-            threads = [t for t in threads if t.is_alive()]
-            if idle_timeout and not threads and server.idle_for() > idle_timeout:
-                break
+        while not stop.wait(0.2):
+            if idle_timeout and server.idle_for() > idle_timeout:
+                queued, running = served.dispatcher.counts()
+                if not queued and not running:
+                    break
     finally:
-        server.close()
-        deadline = time.monotonic() + 30
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        served.close()

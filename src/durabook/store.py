@@ -6,10 +6,12 @@ Reads go through cursors of the same connection; writes go through
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +40,8 @@ _LOCK_PID = re.compile(r"PID (\d+)")
 _INSTANCE_COLS = (
     "id, notebook, version, status, parameters, created_at, updated_at, owner_pid, "
     "owner_start, owner_host, failed_cell, error, output, cwd, wake_at, waiting_for, "
-    "suspension, resolutions, options, journal"
+    "suspension, resolutions, options, journal, priority, tenant, workflow, schedule, webhook, "
+    "queued_seq"
 )
 _STEP_COLS = (
     "instance_id, idx, seq, cell_id, source_hash, status, attempt, started_at, duration_ms, "
@@ -132,7 +135,7 @@ class Store:
         c.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES "
             "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL, ?, "
-            "NULL)",
+            "NULL, ?, ?, ?, ?, ?, ?)",
             [
                 row["id"],
                 row["notebook"],
@@ -144,6 +147,12 @@ class Store:
                 row.get("output"),
                 row.get("cwd"),
                 json.dumps(row.get("options") or {}),
+                int(row.get("priority") or 0),
+                row.get("tenant"),
+                row.get("workflow"),
+                row.get("schedule"),
+                row.get("webhook"),
+                int(row.get("queued_seq") or 0),
             ],
         )
 
@@ -171,6 +180,7 @@ class Store:
             c,
             instance_id,
             status=Status.QUEUED,
+            queued_seq=time.time_ns(),  # back of the queue, by the time it was queued
             wake_at=None,
             waiting_for=None,
             suspension=None,
@@ -404,19 +414,51 @@ class Store:
             wake_at=_aware(inst["wake_at"]) if inst["wake_at"] else None,
             waiting_for=inst["waiting_for"],
             output=inst["output"],
+            priority=inst["priority"] or 0,
+            tenant=inst["tenant"],
+            workflow=inst["workflow"],
+            schedule=inst["schedule"],
             cells=cells,
         )
 
-    def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
-        sql = "SELECT id, status, notebook, created_at, updated_at, failed_cell FROM instances"
+    def list(
+        self,
+        status: str | None = None,
+        limit: int | None = None,
+        tenant: str | None = None,
+        workflow: str | None = None,
+        schedule: str | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[InstanceSummary], str | None]:
+        """Newest first; ``cursor`` (from the previous page) continues after its last item."""
+        sql = (
+            "SELECT id, status, notebook, created_at, updated_at, failed_cell, priority, tenant, "
+            "workflow, schedule FROM instances"
+        )
+        where: list[str] = []
         args: list[Any] = []
-        if status:
-            sql += " WHERE status = ?"
-            args.append(status)
+        for col, value in (
+            ("status", status),
+            ("tenant", tenant),
+            ("workflow", workflow),
+            ("schedule", schedule),
+        ):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if cursor:
+            at, iid = _read_cursor(cursor)
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [at, at, iid]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
         if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [
+            sql += f" LIMIT {int(limit) + 1}"
+        rows = self.cursor().execute(sql, args).fetchall()
+        more = bool(limit) and len(rows) > int(limit or 0)
+        rows = rows[: int(limit)] if limit else rows
+        items = [
             InstanceSummary(
                 id=r[0],
                 status=Status(r[1]),
@@ -424,6 +466,59 @@ class Store:
                 created_at=_aware(r[3]),
                 updated_at=_aware(r[4]),
                 failed_cell=r[5],
+                priority=r[6] or 0,
+                tenant=r[7],
+                workflow=r[8],
+                schedule=r[9],
             )
-            for r in self.cursor().execute(sql, args).fetchall()
+            for r in rows
         ]
+        nxt = _make_cursor(rows[-1][3], rows[-1][0]) if more and rows else None
+        return items, nxt
+
+    def queued(self) -> builtins.list[tuple[str, str | None, str | None, str, int, int]]:
+        """What a dispatcher takes: (id, tenant, workflow, notebook, priority, queue order)."""
+        return [
+            (r[0], r[1], r[2], r[3], int(r[4] or 0), int(r[5] or 0))
+            for r in self.cursor()
+            .execute(
+                "SELECT id, tenant, workflow, notebook, priority, queued_seq FROM instances "
+                "WHERE status = 'queued' AND version <> 'interactive' ORDER BY queued_seq, "
+                "created_at"
+            )
+            .fetchall()
+        ]
+
+    def timers(self) -> builtins.list[tuple[str, datetime]]:
+        """Suspended instances with a time to wake (a sleep's end, a wait's timeout)."""
+        return [
+            (r[0], r[1])
+            for r in self.cursor()
+            .execute(
+                "SELECT id, wake_at FROM instances WHERE status IN ('sleeping', 'waiting') "
+                "AND wake_at IS NOT NULL"
+            )
+            .fetchall()
+        ]
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.cursor().execute("SELECT status, count(*) FROM instances GROUP BY status")
+        return {r[0]: int(r[1]) for r in rows.fetchall()}
+
+
+def _make_cursor(at: datetime, iid: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{iid}".encode()).decode()
+
+
+def _read_cursor(cursor: str) -> tuple[datetime, str]:
+    import base64
+
+    from .errors import BadInput
+
+    try:
+        at, _, iid = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), iid
+    except (ValueError, UnicodeError):
+        raise BadInput(f"invalid cursor {cursor[:80]!r}: pass next_cursor of a page") from None

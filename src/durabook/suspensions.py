@@ -55,9 +55,11 @@ class Suspensions:
 
     store: Store
     writer: Writer
-    woken: set[str]
 
     def _instance(self, instance_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def changed(self, instance_id: str, status: Status) -> None:
         raise NotImplementedError
 
     @staticmethod
@@ -84,6 +86,7 @@ class Suspensions:
         seq, data = pending
         payload = json.loads(data) if data is not None else None
         self.writer.call(lambda c: _resolve(c, iid, key, {"payload": payload}, seq))
+        self.changed(iid, Status.QUEUED)
 
     def tick(self, now: datetime | None = None) -> list[str]:
         """Wake what is due: sleepers past their time, waits past their timeout or with
@@ -130,6 +133,7 @@ class Suspensions:
 
     def _wake(self, iid: str, key: str, resolution: dict[str, Any]) -> None:
         self.writer.call(lambda c: _resolve(c, iid, key, resolution))
+        self.changed(iid, Status.QUEUED)
 
     def send_event(self, instance_id: str, name: str, data: str | None = None) -> bool:
         """Keep an event for an instance; True when it woke the instance (now queued)."""
@@ -158,6 +162,5 @@ class Suspensions:
             key = (inst["suspension"] or {}).get("key")
             if key:
                 self._deliver(instance_id, key, (seq, data))
-                self.woken.add(instance_id)
                 return True
         return False
