@@ -160,7 +160,12 @@ def test_list_piped_into_head(home: Path, tmp_path: Path):
         for _ in range(1000):
             eng.create(nb)
     proc = subprocess.run(
-        ["bash", "-c", 'set -o pipefail; "$0" -m durabook list | head -1', sys.executable],
+        [
+            "bash",
+            "-c",
+            'set -o pipefail; "$0" -m durabook list --limit 5000 | head -1',
+            sys.executable,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -168,3 +173,35 @@ def test_list_piped_into_head(home: Path, tmp_path: Path):
     assert proc.stderr == ""
     assert len(proc.stdout.splitlines()) == 1 and "queued" in proc.stdout
     assert proc.returncode == 141
+
+
+def test_commands_that_talk_to_an_engine_import_nothing_heavy(home: Path, tmp_path: Path):
+    """`submit`, `status`, `list`, `send-event` with an engine serving load neither the
+    store (DuckDB) nor kernels' or notebooks' code: what keeps them at about 0.2 s."""
+    nb = write_nb(tmp_path / "t.ipynb", ["x = 1"])
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "durabook", "serve", "--concurrency", "1", "--warm", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None and "durabook engine" in serve.stderr.readline()
+        probe = (
+            "import sys, durabook.cli as c\n"
+            "code = c.main(sys.argv[1:])\n"
+            "heavy = ('duckdb', 'nbformat', 'jupyter_client', 'tornado', 'IPython', 'zmq')\n"
+            "print('LOADED', sorted(m for m in heavy if m in sys.modules), code)\n"
+        )
+        sub = subprocess.run(
+            [sys.executable, "-c", probe, "submit", str(nb)], capture_output=True, text=True
+        )
+        iid = sub.stdout.split()[0]
+        for args in (["status", iid], ["list"], ["send-event", iid, "later"]):
+            out = subprocess.run(
+                [sys.executable, "-c", probe, *args], capture_output=True, text=True
+            )
+            assert "LOADED [] 0" in out.stdout, (args, out.stdout, out.stderr)
+        assert "LOADED [] 0" in sub.stdout, sub.stdout
+    finally:
+        serve.terminate()
+        serve.wait(30)

@@ -230,3 +230,40 @@ def test_papermill_cli_with_durabook_engine_injects_parameters(durabook_home: Pa
     assert iid
     assert iid in proc.stderr  # papermill's log names the instance to resume
     assert (durabook_home / "durabook.duckdb").exists()
+
+
+def test_papermill_runs_through_a_serving_engine(durabook_home: Path, tmp_path: Path):
+    """With `durabook serve` owning the home, papermill's run goes through its engine
+    (its queue and limits): outputs, errors and the instance as without one."""
+    source = tmp_path / "p.ipynb"
+    cells = [
+        new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
+        new_code_cell("print(n * 3)"),
+        new_code_cell("raise ValueError(n)"),
+    ]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), source)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "durabook", "serve", "--concurrency", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None and "durabook engine" in serve.stderr.readline()
+        out = tmp_path / "p-out.ipynb"
+        with pytest.raises(PapermillExecutionError):
+            papermill.execute_notebook(
+                str(source), str(out), parameters={"n": 7}, engine_name="durabook"
+            )
+        nb = nbformat.read(out, as_version=4)
+        printed = next(c for c in nb.cells if c.source == "print(n * 3)")
+        assert printed.outputs[0]["text"] == "21\n"
+        iid = nb.metadata["durabook"]["instance_id"]
+        st = subprocess.run(
+            [sys.executable, "-m", "durabook", "status", iid, "--json"],
+            capture_output=True,
+            text=True,
+        )
+        assert '"status": "failed"' in st.stdout
+    finally:
+        serve.terminate()
+        serve.wait(30)

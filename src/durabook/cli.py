@@ -135,12 +135,16 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--concurrency", type=int, help="instances executing at once (default: the cores)"
     )
+    sv.add_argument(
+        "--warm", type=int, default=1, help="kernels kept started for the next runs (default 1)"
+    )
     sv.add_argument("--per-tenant", type=int, help="at most this many of one tenant at once")
     sv.add_argument("--per-workflow", type=int, help="at most this many of one workflow at once")
     sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
     sv.add_argument("--port", type=int, help="serve the HTTP API on this port (0: any free)")
     sv.add_argument("--token", help="the HTTP API's token (default: generated and printed)")
     sv.add_argument("--no-auth", action="store_true", help="no token (loopback only)")
+    sv.add_argument("--webhook", help="URL told (POST) of instances that complete, fail or wait")
 
     ls = sub.add_parser("list", help="instances, newest first")
     ls.add_argument("--status")
@@ -254,6 +258,13 @@ def _serve(args: argparse.Namespace) -> int:
         per_tenant=args.per_tenant,
         per_workflow=args.per_workflow,
     )
+    if args.webhook is not None:
+        from .api.models import check_url
+
+        try:
+            check_url(args.webhook)
+        except ValueError as exc:
+            raise BadInput(f"--webhook: {exc}") from None
     http = None
     if args.port is not None:
         http = {"host": args.host, "port": args.port, "token": args.token, "no_auth": args.no_auth}
@@ -262,13 +273,15 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    with _open_for_serve(args.home, Engine) as eng:
+    if args.warm < 0:
+        raise BadInput("--warm must be 0 or more")
+    with _open_for_serve(args.home, lambda home: Engine(home, pool_size=args.warm)) as eng:
         print(
             f"durabook engine for {eng.home} (pid {os.getpid()}, {limits.concurrency} at once)",
             file=sys.stderr,
             flush=True,
         )
-        serve(eng, stop, args.idle_timeout, limits=limits, http=http)
+        serve(eng, stop, args.idle_timeout, limits=limits, http=http, webhook=args.webhook)
     return 0
 
 
@@ -414,7 +427,7 @@ def _declared_env(path: str) -> list[str]:
         with open(path, "rb") as fh:
             meta = json.loads(fh.read()).get("metadata", {})
         names = meta.get("durabook", {}).get("env", [])
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -33,11 +34,43 @@ class Client:
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = resolve_home(home)
+        self._tls = threading.local()  # a connection per thread to a serving engine
+
+    def close(self) -> None:
+        """Close this thread's connection to the engine (others close when collected)."""
+        remote = getattr(self._tls, "remote", None)
+        self._tls.remote = None
+        if remote is not None:
+            remote.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def engine(self) -> Iterator[Service | RemoteEngine]:
-        from .remote import open_engine
+        """The home's engine for one call. A connection to a running engine is kept for
+        the next calls of this thread (opening one costs more than a create); a store
+        opened here is closed after the call, so other processes can have it."""
+        from .errors import EngineBusy, EngineLost
+        from .remote import RemoteEngine, _connect, open_engine
 
+        remote: RemoteEngine | None = getattr(self._tls, "remote", None)
+        if remote is None:
+            sock = _connect(self.home)
+            if sock is not None:
+                remote = self._tls.remote = RemoteEngine(self.home, sock, serve=True)
+        if remote is not None:
+            try:
+                yield remote
+            except (EngineLost, EngineBusy, OSError, KeyboardInterrupt):
+                self.close()  # a lost engine, a broken connection: start afresh next time
+                raise
+            if remote._local is not None:  # the owner left and this process took the store
+                self.close()
+            return
         with open_engine(self.home, serve=True) as svc:
             yield svc
 

@@ -62,7 +62,7 @@ from .errors import (
     UnknownSchedule,
     UnsafePath,
 )
-from .progress import Progress
+from .progress import CellEvent, Progress
 
 __all__ = ["ERRORS", "READ_ONLY", "ControlServer"]
 
@@ -346,6 +346,9 @@ class _StreamProgress(Progress):
 
     def committed(self, index: int) -> None:
         self.conn.send({"event": "committed", "index": index})
+
+    def executed(self, event: CellEvent) -> None:
+        self.conn.send({"event": "executed", **event.to_dict()})
 
 
 def _private_socket(path: Path) -> socket.socket:

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import DurabookError
 from .models import Status
@@ -78,12 +78,26 @@ class Dispatcher:
     def start(self) -> None:
         for iid, tenant, workflow, notebook, priority, seq in self.engine.store.queued():
             self._add(iid, tenant, workflow or notebook, priority, seq)
+        self.engine.created_hooks.append(self._on_created)
         self.engine.listeners.append(self._on_status)
         self._thread.start()
+
+    def _on_created(self, row: dict[str, Any]) -> None:
+        """A new instance: queued from the row just inserted (no read back)."""
+        self._add(
+            row["id"],
+            row["tenant"],
+            row["workflow"] or row["notebook"],
+            row["priority"] or 0,
+            row["queued_seq"],
+        )
 
     def _on_status(self, instance_id: str, status: Status) -> None:
         if status != Status.QUEUED:
             return
+        with self._cv:
+            if instance_id in self._queued:
+                return  # taken already (a new instance, by _on_created)
         row = self.engine.store.instance_row(instance_id)
         if row is None or row["status"] != Status.QUEUED.value or row["version"] == "interactive":
             return
@@ -202,11 +216,15 @@ class Dispatcher:
                 self._running.pop(entry.id, None)
                 self._by_tenant[entry.tenant] -= 1
                 self._by_workflow[entry.workflow] -= 1
-                self._threads.discard(threading.current_thread())
                 self._cv.notify_all()
             eng.hub.publish(entry.id, {"event": "done"})
-            # queued again while it was finishing (an event, an unpause): take it again
-            self._on_status(entry.id, Status.QUEUED)
+            try:
+                # queued again while it was finishing (an event, an unpause): take it again
+                if not self._stopping:
+                    self._on_status(entry.id, Status.QUEUED)
+            finally:
+                with self._cv:  # close() waits for this thread until here
+                    self._threads.discard(threading.current_thread())
 
     def close(self, wait: float = 30.0) -> None:
         """Take nothing more; wait up to ``wait`` seconds for the runs under way."""

@@ -11,20 +11,21 @@ import json
 import os
 import re
 import socket
-import threading
+import stat
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import nbformat
 from nbformat import NotebookNode
 
 from .blobs import BlobStore
 from .checkpoints import committed_prefix
 from .errors import BadInput, InvalidState, UnknownInstance, storage_full
-from .execution import Execution
+from .execution import Executor
 from .home import prepare_home, resolve_home, tighten
 from .lifecycle import Lifecycle
 from .models import (
@@ -42,7 +43,7 @@ from .notebook import (
     strip_injected,
     version_hash,
 )
-from .pool import KernelPool, KernelProcess, kernel_environment
+from .pool import KernelPool, kernel_environment
 from .progress import Hub, Progress
 from .recovery import Recovery
 from .sessions import INTERACTIVE, Sessions
@@ -114,7 +115,15 @@ def check_instance_id(instance_id: str) -> str:
     return instance_id
 
 
-class Engine(Suspensions, Lifecycle, Sessions, Execution):
+class Engine:
+    """A home's engine: its store (and the writer, the only thing that writes it), blobs,
+    kernel pool and recovery, and the collaborators that act on instances: the
+    :class:`~durabook.execution.Executor` (runs, and which run here),
+    :class:`~durabook.suspensions.Suspensions` (sleeps, waits, events),
+    :class:`~durabook.lifecycle.Lifecycle` and :class:`~durabook.sessions.Sessions`.
+    Status changes are told to ``listeners`` (a service's dispatcher, timers, webhooks).
+    """
+
     def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
         self.home = resolve_home(home)
         prepare_home(self.home)  # 0700, ours alone: see durabook.home
@@ -126,23 +135,65 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         env["DURABOOK_HOME"] = str(self.home)  # a cell's own durabook.Client() finds this home
         self.pool = KernelPool(pool_size, log_dir=self.home / "logs", env=env)
         self._me = (os.getpid(), _proc_start(os.getpid()), socket.gethostname())
-        self._active: set[str] = set()
-        self._kernels: dict[str, KernelProcess] = {}
-        self._terminating: set[str] = set()
         self.serving = False  # True in `durabook serve`: its dispatcher runs what is queued
         self.hub = Hub()  # run events, for followers (`durabook wait`, HTTP streams)
         # told of every status an instance is given here: dispatcher, timers, webhooks
         self.listeners: list[Callable[[str, Status], None]] = []
-        self._lock = threading.Lock()
+        self.created_hooks: list[Callable[[dict[str, Any]], None]] = []  # the new row
+        self._versions: set[str] = set()  # version hashes known to be stored
+        self._notebooks: dict[tuple[str, int, int, int], NotebookNode] = {}
+        self.executor = Executor(self)
+        self.suspensions = Suspensions(self)
+        self.lifecycle = Lifecycle(self)
+        self.sessions = Sessions(self)
         self.recovery = Recovery(
             self.home,
             self.store,
             self.writer,
             self.blobs,
             self.executed_notebook,
-            self._running_here,
+            self.executor.running_here,
         )
         self.recover_orphans()
+
+    # -- the collaborators' verbs, as the engine's ----------------------------------
+    def execute(
+        self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
+    ) -> RunResult:
+        return self.executor.execute(instance_id, progress, timeout)
+
+    def pause(self, instance_id: str) -> Status:
+        return self.lifecycle.pause(instance_id)
+
+    def unpause(self, instance_id: str) -> Status:
+        return self.lifecycle.unpause(instance_id)
+
+    def terminate(self, instance_id: str) -> Status:
+        return self.lifecycle.terminate(instance_id)
+
+    def restart(self, instance_id: str, from_cell: int | None = None) -> None:
+        self.lifecycle.restart(instance_id, from_cell)
+
+    def send_event(self, instance_id: str, name: str, data: str | None = None) -> bool:
+        return self.suspensions.send_event(instance_id, name, data)
+
+    def wake_now(self, instance_id: str) -> None:
+        self.suspensions.wake_now(instance_id)
+
+    def tick(self, now: Any = None) -> list[str]:
+        return self.suspensions.tick(now)
+
+    def open_session(self, notebook: str, pid: int, cwd: str | None = None) -> str:
+        return self.sessions.open_session(notebook, pid, cwd)
+
+    def commit_interactive(self, instance_id: str, step: dict[str, Any]) -> None:
+        self.sessions.commit_interactive(instance_id, step)
+
+    def end_session(self, instance_id: str, status: Status = Status.COMPLETED) -> None:
+        self.sessions.end_session(instance_id, status)
+
+    def session_restore_plan(self, instance_id: str) -> dict[str, Any]:
+        return self.sessions.session_restore_plan(instance_id)
 
     def close(self) -> None:
         self.pool.close()
@@ -184,6 +235,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         workflow: str | None = None,
         schedule: str | None = None,
         webhook: str | None = None,
+        cell_timeout: float | None = None,
     ) -> tuple[str, bool]:
         """Validate and insert a ``queued`` instance. Returns (id, created).
 
@@ -193,13 +245,15 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         with a scrubbed environment); kept with the instance, so a resume has them too.
         ``scan_all``: look at every variable after every cell (see README).
         """
-        options = {"env": check_env(env or {}), "scan_all": bool(scan_all)}
+        options: dict[str, Any] = {"env": check_env(env or {}), "scan_all": bool(scan_all)}
+        if cell_timeout is not None:
+            options["cell_timeout"] = float(cell_timeout)
         submitted = isinstance(notebook, NotebookNode) and source_path is None
         if isinstance(notebook, NotebookNode):
             nb = parse_notebook(nbformat.writes(notebook), source_path or "<notebook>")
             path = Path(source_path or "notebook.ipynb").absolute()
         else:
-            nb = strip_injected(load_notebook(notebook))
+            nb = self._load(notebook)
             path = Path(notebook).absolute()
         params = coerce_parameters(nb, parameters or {}, from_text=from_text)
         check_step_options(inject_parameters(nb, params))
@@ -217,7 +271,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         )
         try:
             vhash = self._put_version(nb, path)
-            row = {
+            row: dict[str, Any] = {
                 "id": iid,
                 "notebook": str(path),
                 "version": vhash,
@@ -233,7 +287,11 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 "webhook": webhook,
                 "queued_seq": time.time_ns(),
             }
-            self.writer.call(lambda c: _insert_new(c, row, if_exists))
+            if instance_id is None:
+                self._insert_generated(row)  # one multi-row INSERT with its neighbours
+                iid = row["id"]
+            else:
+                self.writer.call(lambda c: _insert_new(c, row, if_exists))
         except _Exists:
             return iid, False
         except Exception as exc:
@@ -241,13 +299,53 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
             if full is not None:
                 raise full from None
             raise
+        for hook in self.created_hooks:
+            hook(row)
         self.changed(iid, Status.QUEUED)
         return iid, True
 
+    def _load(self, notebook: str | os.PathLike[str]) -> NotebookNode:
+        """The notebook at a path, parsed and validated once per content: a schedule or a
+        program submitting one notebook many times pays for it once. Keyed by the file's
+        identity, size and modification time; callers never change what they get."""
+        path = Path(notebook).absolute()
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return strip_injected(load_notebook(path))  # it says what is wrong
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        nb = self._notebooks.get(key)
+        if nb is None:
+            nb = strip_injected(load_notebook(path))
+            if len(self._notebooks) >= 64:
+                self._notebooks.pop(next(iter(self._notebooks)))
+            self._notebooks[key] = nb
+        return nb
+
+    def _insert_generated(self, row: dict[str, Any]) -> None:
+        """Insert under a generated id; on the rare clash (48 random bits), a new one."""
+        for attempt in range(3):
+            try:
+                self.writer.submit_instance(row).result()
+                return
+            except duckdb.ConstraintException:
+                if attempt == 2:
+                    raise
+                row["id"] = _new_id()
+                if row["output"].endswith(".ipynb") and Path(row["output"]).parent == (
+                    self.home / "outputs"
+                ):
+                    row["output"] = str(self.home / "outputs" / f"{row['id']}.ipynb")
+
     def _put_version(self, nb: NotebookNode, path: str | os.PathLike[str]) -> str:
         vhash = version_hash(nb)
+        if vhash in self._versions:
+            return vhash  # versions are content-addressed and never change
         try:
             self.store.version_blob(vhash)
+            self._versions.add(vhash)
             return vhash  # known content: a scheduled notebook's runs share one version
         except KeyError:
             pass
@@ -257,6 +355,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 cell["outputs"], cell["execution_count"] = [], None
         blob = self.blobs.put(json.dumps(clean, sort_keys=True, indent=1).encode())
         self.writer.call(lambda c: Store.insert_version(c, vhash, str(path), blob))
+        self._versions.add(vhash)
         return vhash
 
     def load_version(self, vhash: str) -> NotebookNode:
@@ -270,7 +369,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
 
     def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
         if inst["version"] == INTERACTIVE:
-            return self._session_notebook(inst["id"])
+            return self.sessions.notebook(inst["id"])
         return inject_parameters(self.load_version(inst["version"]), inst["parameters"])
 
     # -- run / resume ------------------------------------------------------------
@@ -339,7 +438,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
                 status=status.value,
             )
         if status in (Status.SLEEPING, Status.WAITING):
-            self._wake_if_due(inst)  # due already? then it is queued now
+            self.suspensions.wake_if_due(inst)  # due already? then it is queued now
             inst = self._instance(instance_id)
             status = Status(inst["status"])
             if status == Status.SLEEPING:
@@ -366,7 +465,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
             )
         if notebook is not None:
             # what the last run journaled belongs to the old version: in the store first
-            self._recover_or_refuse(instance_id)
+            self.executor._recover_or_refuse(instance_id)
             self._switch_version(inst, notebook)
 
     def requeue(self, instance_id: str) -> None:
@@ -416,8 +515,7 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
         if host and host != self._me[2]:
             return True  # another machine's process: not ours to judge
         if pid == self._me[0]:
-            with self._lock:
-                return inst["id"] in self._active
+            return self.executor.running_here(inst["id"])
         now = _proc_start(pid)
         return now is not None and (start is None or now == start)
 
@@ -439,20 +537,24 @@ class Engine(Suspensions, Lifecycle, Sessions, Execution):
             suspension = recovered.suspension
             nb = self.executed_notebook(inst)
             if suspension is not None:  # it was suspending when its process died
-                status, fields = self._suspension_fields(suspension)
-                self._finish(inst, nb, status, None, None, **fields)
+                status, fields = self.suspensions.fields(suspension)
+                self.executor._finish(inst, nb, status, None, None, **fields)
                 found.append(inst["id"])
                 continue
             code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
             latest, _ = self.store.latest_steps(inst["id"])
             done = committed_prefix(code, latest)
             failed = code[done][0] if done < len(code) else None
+            if self.serving:  # `durabook serve` continues it from its last committed cell
+                self.requeue(inst["id"])
+                found.append(inst["id"])
+                continue
             err = ErrorInfo(
                 ename="RunnerDied",
                 evalue=f"the process running this instance (pid {inst['owner_pid']}) died; "
                 f"`durabook resume {inst['id']}` continues at cell {failed}",
             )
-            self._finish(inst, nb, Status.FAILED, failed, err)
+            self.executor._finish(inst, nb, Status.FAILED, failed, err)
             found.append(inst["id"])
         return found
 

@@ -7,10 +7,9 @@ paused, terminated), and the claim on the instance is released in ``finally``
 whatever happens, so no failure of ours leaves it claimed by a live engine.
 Short ``%%step`` retries and events that arrived before a wait loop here.
 
-Like :mod:`durabook.suspensions` and :mod:`durabook.lifecycle`, this is mixed
-into :class:`~durabook.engine.Engine`, sharing its store, writer and pool; turning
-these mixins into collaborators with their own state is left for the dispatcher
-of the engine service (issue 7), which reshapes this code anyway.
+The :class:`Executor` is the engine's collaborator for this: it owns the state of
+the runs under way here (claimed instances, their kernels, those being
+terminated) and uses the engine's store, writer, pool and recovery.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from .errors import EngineBusy, InvalidState, UnrestorableState, storage_full
 from .models import ErrorInfo, RunResult, Status
 from .notebook import source_hash
 from .output import build_output, write_notebook
+from .progress import CellEvent
 from .runner import CellPlan, CellResult, Runner
 from .steps import cell_body, step_options
 from .store import Store
@@ -34,52 +34,39 @@ from .store import Store
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
-    from .blobs import BlobStore
-    from .engine import Progress
-    from .pool import KernelPool, KernelProcess
-    from .recovery import Recovery
-    from .writer import Writer
+    from .engine import Engine
+    from .pool import KernelProcess
+    from .progress import Progress
 
-__all__ = ["IN_PROCESS_RETRY_MAX", "Execution"]
+__all__ = ["IN_PROCESS_RETRY_MAX", "Executor"]
 
 IN_PROCESS_RETRY_MAX = 5.0  # seconds: longer retry delays suspend the instance
 
 
-class Execution:
-    """Mixed into :class:`~durabook.engine.Engine`, which provides these."""
+class Executor:
+    """Runs instances for the engine, and knows which run here now (its own state: the
+    instances claimed, their kernels, and those being terminated)."""
 
-    home: Path
-    store: Store
-    writer: Writer
-    blobs: BlobStore
-    pool: KernelPool
-    recovery: Recovery
-    _me: tuple[int, int | None, str]
-    _lock: threading.Lock
-    _active: set[str]
-    _kernels: dict[str, KernelProcess]
-    _terminating: set[str]
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._active: set[str] = set()
+        self._kernels: dict[str, KernelProcess] = {}
+        self._terminating: set[str] = set()
 
-    def _instance(self, instance_id: str) -> dict[str, Any]:
-        raise NotImplementedError
+    def running_here(self, instance_id: str) -> bool:
+        with self._lock:
+            return instance_id in self._active
 
-    def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
-        raise NotImplementedError
-
-    def _result(self, inst: dict[str, Any]) -> RunResult:
-        raise NotImplementedError
+    def terminating(self, instance_id: str) -> KernelProcess | None:
+        """Mark a run here as being terminated; its kernel (None while it starts)."""
+        with self._lock:
+            self._terminating.add(instance_id)
+            return self._kernels.get(instance_id)
 
     def stop_file(self, instance_id: str) -> Path:
-        raise NotImplementedError
-
-    def _suspension_fields(self, request: dict[str, Any]) -> tuple[Status, dict[str, Any]]:
-        raise NotImplementedError
-
-    def _deliver_pending(self, iid: str, request: dict[str, Any]) -> bool:
-        raise NotImplementedError
-
-    def changed(self, instance_id: str, status: Status) -> None:
-        raise NotImplementedError
+        """Touched to pause a run: its driver stops after the current cell."""
+        return self.engine.home / "run" / f"{instance_id}.pause"
 
     def execute(
         self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
@@ -93,15 +80,15 @@ class Execution:
         progress = progress or _progress()
         while True:
             self._recover_or_refuse(instance_id)
-            inst = self._instance(instance_id)
+            inst = self.engine._instance(instance_id)
             if Status(inst["status"]) == Status.TERMINATED:
-                return self._result(inst)  # terminated meanwhile: nothing resumes it
-            journal = self.recovery.new_journal(instance_id)
+                return self.engine._result(inst)  # terminated meanwhile: nothing resumes it
+            journal = self.engine.recovery.new_journal(instance_id)
             self._claim(instance_id, journal.name)
             try:
-                inst = self._instance(instance_id)
+                inst = self.engine._instance(instance_id)
                 if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
-                    return self._result(inst)
+                    return self.engine._result(inst)
                 result, again = self._execute_once(inst, progress, timeout, journal)
             finally:
                 with self._lock:
@@ -114,7 +101,7 @@ class Execution:
 
     def _recover_or_refuse(self, instance_id: str) -> None:
         """Copy in what the last run journaled; refuse while its kernel still lives."""
-        if not self.recovery.recover_journals(instance_id).complete:
+        if not self.engine.recovery.recover_journals(instance_id).complete:
             raise EngineBusy(
                 f"the kernel of instance {instance_id}'s last run is still alive (it holds "
                 "its journal); try again when it has exited",
@@ -127,9 +114,11 @@ class Execution:
         """One kernel's worth of a run. Returns the result, and the seconds to wait
         before running again in this process (None: the run is over for now)."""
         iid = inst["id"]
-        nb = self.executed_notebook(inst)
+        if timeout is None:  # the run's own (papermill's --execution-timeout)
+            timeout = (inst["options"] or {}).get("cell_timeout")
+        nb = self.engine.executed_notebook(inst)
         code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        latest, attempts = self.store.latest_steps(iid)
+        latest, attempts = self.engine.store.latest_steps(iid)
         done = committed_prefix(code, latest)
         try:
             plan = restore_plan(code, latest, done)
@@ -165,18 +154,18 @@ class Execution:
             stop = self.stop_file(iid)
             stop.unlink(missing_ok=True)
             work = Path(inst["cwd"] or ".")
-            if work.parent == self.home / "work":  # a submitted notebook's own folder
+            if work.parent == self.engine.home / "work":  # a submitted notebook's own folder
                 work.mkdir(mode=0o700, parents=True, exist_ok=True)
-            kernel = self.pool.acquire()
+            kernel = self.engine.pool.acquire()
             with self._lock:
                 self._kernels[iid] = kernel
                 terminating = iid in self._terminating
             if terminating:  # `terminate` came while the kernel was starting
                 kernel.kill()
-            runner = Runner(kernel, self.blobs.get)
+            runner = Runner(kernel, self.engine.blobs.get)
 
             def on_step(res: CellResult) -> None:
-                progress.executed(res)
+                progress.executed(CellEvent.from_result(res))
                 futures.append(self._commit_step(iid, res, attempts, progress))
 
             options = inst["options"] or {}
@@ -184,7 +173,7 @@ class Execution:
                 todo,
                 {
                     **plan.to_plan(),
-                    "blobs": str(self.blobs.root),
+                    "blobs": str(self.engine.blobs.root),
                     "journal": str(journal),
                     "cwd": inst["cwd"],
                     "resolutions": inst["resolutions"],
@@ -209,7 +198,7 @@ class Execution:
             if not (terminating and isinstance(exc, Exception)):
                 for f in futures:
                     f.exception()
-                full = storage_full(exc, self.home)
+                full = storage_full(exc, self.engine.home)
                 err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
                 if full is not None:
                     err = ErrorInfo(ename="StorageFull", evalue=full.message)
@@ -230,7 +219,7 @@ class Execution:
             except Exception as exc:
                 # the store could not take a step: the journal keeps it (copied in by the
                 # next resume); the instance is recorded failed here if the store lets us
-                full = storage_full(exc, self.home)
+                full = storage_full(exc, self.engine.home)
                 err = ErrorInfo(ename=type(exc).__name__, evalue=str(exc))
                 if full is not None:
                     err = ErrorInfo(ename="StorageFull", evalue=full.message)
@@ -240,7 +229,7 @@ class Execution:
                 if full is not None:
                     raise full from exc
                 raise
-        self.recovery.done_with(journal)
+        self.engine.recovery.done_with(journal)
         with self._lock:
             terminated = iid in self._terminating
         if terminated or outcome is None:
@@ -248,9 +237,9 @@ class Execution:
         if outcome.paused:
             return self._finish(inst, nb, Status.PAUSED, None, None), None
         if outcome.suspended is not None:
-            status, fields = self._suspension_fields(outcome.suspended)
+            status, fields = self.engine.suspensions.fields(outcome.suspended)
             res = self._finish(inst, nb, status, None, None, **fields)
-            if self._deliver_pending(iid, outcome.suspended):
+            if self.engine.suspensions.deliver_pending(iid, outcome.suspended):
                 return res, 0.0  # it had already arrived: go on at once
             return res, None
         if outcome.ok:
@@ -270,7 +259,7 @@ class Execution:
                 "until": time.time() + delay,
                 "retry_of": failed,
             }
-            status, fields = self._suspension_fields(request)
+            status, fields = self.engine.suspensions.fields(request)
             return self._finish(inst, nb, status, failed, error, **fields), None
         return self._finish(inst, nb, Status.QUEUED, failed, error), delay
 
@@ -286,13 +275,13 @@ class Execution:
         return error
 
     def _claim(self, instance_id: str, journal: str) -> None:
-        pid, start, host = self._me
+        pid, start, host = self.engine._me
         with self._lock:
             if instance_id in self._active:
                 raise InvalidState(f"instance {instance_id} is already running here")
             self._active.add(instance_id)
         try:
-            self.writer.call(
+            self.engine.writer.call(
                 lambda c: Store.update_instance(
                     c,
                     instance_id,
@@ -309,7 +298,7 @@ class Execution:
             with self._lock:
                 self._active.discard(instance_id)
             raise
-        self.changed(instance_id, Status.RUNNING)
+        self.engine.changed(instance_id, Status.RUNNING)
 
     def _commit_step(
         self, instance_id: str, res: CellResult, attempts: dict[int, int], progress: Progress
@@ -320,7 +309,7 @@ class Execution:
         opts = res.cell.options
         if not res.ok and c.get("error") and opts is not None and attempts[index] <= opts.retries:
             c["error"]["retry_in_s"] = opts.delay_before(attempts[index])
-        row = self.recovery.step_row(
+        row = self.engine.recovery.step_row(
             instance_id,
             index,
             res.cell.cell_id,
@@ -330,7 +319,7 @@ class Execution:
             c,
             res.rid,
         )
-        fut = self.writer.submit_steps([row])
+        fut = self.engine.writer.submit_steps([row])
         if res.ok:
 
             def done(f: Future[Any]) -> None:
@@ -350,7 +339,7 @@ class Execution:
     ) -> Future[Any]:
         attempts[cell.index] = attempts.get(cell.index, 0) + 1
         content = {"status": "error", "error": error.model_dump(), "started_at": time.time()}
-        row = self.recovery.step_row(
+        row = self.engine.recovery.step_row(
             instance_id,
             cell.index,
             cell.cell_id,
@@ -360,7 +349,7 @@ class Execution:
             content,
             rid,
         )
-        return self.writer.submit_steps([row])
+        return self.engine.writer.submit_steps([row])
 
     def _finish(
         self,
@@ -374,7 +363,7 @@ class Execution:
         iid = inst["id"]
         try:
             output = self._write_output(inst, nb, status, failed_cell)
-            self.writer.call(
+            self.engine.writer.call(
                 lambda c: Store.update_instance(
                     c,
                     iid,
@@ -389,13 +378,13 @@ class Execution:
         finally:
             with self._lock:
                 self._active.discard(iid)
-        self.changed(iid, status)
+        self.engine.changed(iid, status)
         return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
 
     def _write_output(
         self, inst: dict[str, Any], nb: NotebookNode, status: Status, failed_cell: int | None
     ) -> str | None:
-        latest, attempts = self.store.latest_steps(inst["id"])
+        latest, attempts = self.engine.store.latest_steps(inst["id"])
         meta = {
             "instance_id": inst["id"],
             "version": inst["version"],
@@ -404,7 +393,7 @@ class Execution:
             "failed_cell": failed_cell,
         }
         try:
-            out_nb = build_output(nb, latest, attempts, meta, self.blobs.get)
+            out_nb = build_output(nb, latest, attempts, meta, self.engine.blobs.get)
             write_notebook(out_nb, inst["output"])
         except (OSError, ValueError):  # a full disk, a lost blob: the run's state is still kept
             return None
@@ -412,6 +401,6 @@ class Execution:
 
 
 def _progress() -> Progress:
-    from .engine import Progress
+    from .progress import Progress
 
     return Progress()

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput, InvalidState
@@ -21,57 +19,29 @@ from .models import Status
 from .store import Store
 
 if TYPE_CHECKING:
-    from nbformat import NotebookNode
-
-    from .pool import KernelProcess
-    from .writer import Writer
+    from .engine import Engine
 
 __all__ = ["Lifecycle"]
 
 
 class Lifecycle:
-    """Mixed into :class:`~durabook.engine.Engine`, which provides these."""
+    """Pause, unpause, terminate and restart, for the engine."""
 
-    home: Path
-    store: Store
-    writer: Writer
-    serving: bool
-    _lock: threading.Lock
-    _active: set[str]
-    _kernels: dict[str, KernelProcess]
-    _terminating: set[str]
-
-    def _instance(self, instance_id: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _wake_if_due(self, inst: dict[str, Any]) -> bool:
-        raise NotImplementedError
-
-    def changed(self, instance_id: str, status: Status) -> None:
-        raise NotImplementedError
-
-    def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
-        raise NotImplementedError
-
-    def stop_file(self, instance_id: str) -> Path:
-        return self.home / "run" / f"{instance_id}.pause"
-
-    def _running_here(self, instance_id: str) -> bool:
-        with self._lock:
-            return instance_id in self._active
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def _set(self, instance_id: str, **fields: Any) -> None:
-        self.writer.call(lambda c: Store.update_instance(c, instance_id, **fields))
+        self.engine.writer.call(lambda c: Store.update_instance(c, instance_id, **fields))
         if "status" in fields:
-            self.changed(instance_id, fields["status"])
+            self.engine.changed(instance_id, fields["status"])
 
     def pause(self, instance_id: str) -> Status:
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         status = Status(inst["status"])
         if status == Status.PAUSED:
             return status
-        if status == Status.RUNNING and self._running_here(instance_id):
-            path = self.stop_file(instance_id)
+        if status == Status.RUNNING and self.engine.executor.running_here(instance_id):
+            path = self.engine.executor.stop_file(instance_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
             return status  # it becomes paused when its current cell ends
@@ -86,7 +56,7 @@ class Lifecycle:
         return Status.PAUSED
 
     def unpause(self, instance_id: str) -> Status:
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         if Status(inst["status"]) != Status.PAUSED:
             raise InvalidState(
                 f"instance {instance_id} is {inst['status']}, not paused",
@@ -98,12 +68,13 @@ class Lifecycle:
         if req:
             status = Status.SLEEPING if req.get("kind") == "sleep" else Status.WAITING
         self._set(instance_id, status=status)
-        if status != Status.QUEUED and self._wake_if_due(self._instance(instance_id)):
+        suspensions = self.engine.suspensions
+        if status != Status.QUEUED and suspensions.wake_if_due(self.engine._instance(instance_id)):
             status = Status.QUEUED  # an event kept while paused, or a timer that came due
         return status
 
     def terminate(self, instance_id: str) -> Status:
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         status = Status(inst["status"])
         if status.final:
             raise InvalidState(
@@ -111,10 +82,9 @@ class Lifecycle:
                 instance=instance_id,
                 status=status.value,
             )
-        if status == Status.RUNNING and self._running_here(instance_id):
-            with self._lock:
-                self._terminating.add(instance_id)
-                kernel = self._kernels.get(instance_id)
+        executor = self.engine.executor
+        if status == Status.RUNNING and executor.running_here(instance_id):
+            kernel = executor.terminating(instance_id)
             # written now, whatever the run is doing (a kernel still starting included);
             # the run winding down cannot overwrite it (see Store.update_instance)
             self._set(instance_id, status=Status.TERMINATED, wake_at=None, waiting_for=None)
@@ -133,7 +103,7 @@ class Lifecycle:
 
     def restart(self, instance_id: str, from_cell: int | None = None) -> None:
         """Drop the checkpoints of cells ``from_cell`` on and queue the instance again."""
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         status = Status(inst["status"])
         if status in (Status.RUNNING, Status.TERMINATED):
             raise InvalidState(
@@ -141,7 +111,7 @@ class Lifecycle:
                 instance=instance_id,
                 status=status.value,
             )
-        nb = self.executed_notebook(inst)
+        nb = self.engine.executed_notebook(inst)
         start = 0 if from_cell is None else from_cell
         if not 0 <= start < len(nb.cells):
             raise BadInput(
@@ -154,7 +124,7 @@ class Lifecycle:
             Store.drop_steps(c, instance_id, start)
             Store.requeue(c, instance_id, failed_cell=None, error=None, resolutions=kept)
 
-        self.writer.call(apply)
+        self.engine.writer.call(apply)
         with contextlib.suppress(FileNotFoundError):
-            self.stop_file(instance_id).unlink()
-        self.changed(instance_id, Status.QUEUED)
+            self.engine.executor.stop_file(instance_id).unlink()
+        self.engine.changed(instance_id, Status.QUEUED)

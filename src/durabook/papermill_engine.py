@@ -18,8 +18,7 @@ from typing import Any
 from papermill.engines import Engine as PapermillEngine
 from papermill.engines import NBClientEngine
 
-from .engine import Engine, Progress
-from .runner import CellResult
+from .progress import CellEvent, Progress
 
 __all__ = ["DurabookEngine"]
 
@@ -34,11 +33,11 @@ class _ManagerProgress(Progress):
         self.next_cell = 0
         self.stopped = False
 
-    def executed(self, result: CellResult) -> None:
+    def executed(self, result: CellEvent) -> None:
         import nbformat
 
         nb = self.nb_man.nb
-        index = result.cell.index
+        index = result.index
         for i in range(self.next_cell, index):  # markdown and committed cells before it
             if nb.cells[i].cell_type != "code":
                 self.nb_man.cell_start(nb.cells[i], i)
@@ -46,11 +45,11 @@ class _ManagerProgress(Progress):
         cell = nb.cells[index]
         self.nb_man.cell_start(cell, index)
         cell.outputs = [nbformat.from_dict(o) for o in result.outputs]
-        cell.execution_count = result.content.get("execution_count")
-        timed_out = (result.content.get("error") or {}).get("ename") == "CellTimeoutError"
+        cell.execution_count = result.execution_count
+        timed_out = (result.error or {}).get("ename") == "CellTimeoutError"
         if timed_out:
             self.stopped = True  # papermill lets nbclient's timeout error escape instead
-        elif not result.ok or result.content.get("status") == "exit":
+        elif not result.ok or result.status == "exit":
             # as nbclient: sys.exit() is an exception of the cell; papermill itself
             # decides that exit status 0 does not fail the run
             self.nb_man.cell_exception(cell, cell_index=index)
@@ -96,12 +95,24 @@ class DurabookEngine(PapermillEngine):
                 nb_man, kernel_name, execution_timeout=execution_timeout, **kwargs
             )
         source = kwargs.get("input_path")
-        with Engine() as eng:
-            iid, _ = eng.create(nb, source_path=str(source) if source else None, cwd=os.getcwd())
-            log.info("durabook instance %s (resume with `durabook resume %s`)", iid, iid)
-            nb.metadata["durabook"] = {"instance_id": iid}
-            progress = _ManagerProgress(nb_man)
-            res = eng.execute(iid, progress=progress, timeout=execution_timeout)
+        from .api.models import CreateRequest
+        from .remote import open_engine
+
+        req = CreateRequest(
+            notebook_json=nb,
+            source_path=str(source) if source else None,
+            cwd=os.getcwd(),
+            cell_timeout=execution_timeout,
+        )
+        progress = _ManagerProgress(nb_man)
+        # the home's engine: a `durabook serve` runs it (its limits hold), else this process
+        with open_engine(serve=True) as svc:
+
+            def created(iid: str) -> None:
+                log.info("durabook instance %s (resume with `durabook resume %s`)", iid, iid)
+                nb.metadata["durabook"] = {"instance_id": iid}
+
+            res = svc.run(req, progress, created)
         progress.finish()
         if res.error is not None and res.error.ename == "CellTimeoutError":
             from nbclient.exceptions import CellTimeoutError

@@ -12,12 +12,48 @@ from __future__ import annotations
 
 import collections
 import threading
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .runner import CellResult
 
-__all__ = ["Hub", "HubProgress", "Progress", "Subscription"]
+__all__ = ["CellEvent", "Hub", "HubProgress", "Progress", "Subscription"]
+
+
+@dataclass
+class CellEvent:
+    """A cell finished: what a follower (a progress bar, papermill, a stream) is told."""
+
+    index: int
+    ok: bool
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # [] when kept in a blob
+    execution_count: int | None = None
+    status: str | None = None  # the kernel's: ok, error, exit, ...
+    error: dict[str, Any] | None = None  # ename, evalue, traceback
+    duration_ms: float | None = None
+
+    @classmethod
+    def from_result(cls, res: CellResult) -> CellEvent:
+        c = res.content
+        return cls(
+            index=res.cell.index,
+            ok=res.ok,
+            outputs=res.outputs,
+            execution_count=c.get("execution_count"),
+            status=c.get("status"),
+            error=c.get("error"),
+            duration_ms=c.get("duration_ms"),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellEvent:
+        fields: dict[str, Any] = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 FOLLOWER_BACKLOG = 10_000  # events kept for one follower before the oldest go
 
@@ -26,7 +62,7 @@ class Progress:
     """Told about a run as it goes; the CLI draws a bar with it."""
 
     def start(self, instance_id: str, total: int, done: int) -> None: ...
-    def executed(self, result: CellResult) -> None:
+    def executed(self, event: CellEvent) -> None:
         """A cell finished (called on the runner's thread, before its commit)."""
 
     def committed(self, index: int) -> None: ...
@@ -113,20 +149,10 @@ class HubProgress(Progress):
         if self.inner:
             self.inner.start(instance_id, total, done)
 
-    def executed(self, result: CellResult) -> None:
-        self.hub.publish(
-            self.instance_id,
-            {
-                "event": "executed",
-                "index": result.cell.index,
-                "ok": result.ok,
-                "duration_ms": result.content.get("duration_ms"),
-                "execution_count": result.content.get("execution_count"),
-                "outputs": result.outputs,
-            },
-        )
+    def executed(self, event: CellEvent) -> None:
+        self.hub.publish(self.instance_id, {"event": "executed", **event.to_dict()})
         if self.inner:
-            self.inner.executed(result)
+            self.inner.executed(event)
 
     def committed(self, index: int) -> None:
         self.hub.publish(self.instance_id, {"event": "committed", "index": index})

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from durabook_kernel.journal import JournalReader, wait_unlocked
 
 from .checkpoints import step_record
+from .kernel_messages import BadKernelMessage, check_record, check_suspension
 from .notebook import source_hash
 from .steps import step_options
 from .store import Store
@@ -151,7 +152,14 @@ class Recovery:
         rows: list[tuple[Any, ...]] = []
         suspension: dict[str, Any] | None = None
         started: tuple[int, dict[str, Any]] | None = None
-        for seq, rec in JournalReader(str(path)).read_new():
+        for seq, raw in JournalReader(str(path)).read_new():
+            try:
+                rec = check_record(raw)
+                if rec.get("t") == "suspend":
+                    check_suspension(rec["request"])
+            except BadKernelMessage as exc:  # not a record of ours: never in the store
+                log.warning("%s: %s:%d: %s", instance_id, path.name, seq, exc.message)
+                continue
             cell = cells.get(rec.get("index"))  # type: ignore[arg-type]
             if cell is None or not _same_cell(rec, cell):
                 continue  # made for another version of the notebook: not this cell's

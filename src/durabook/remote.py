@@ -47,7 +47,7 @@ from .control import ERRORS, READ_ONLY, ControlServer, Request
 from .errors import BadInput, DurabookError, EngineBusy, EngineLost, UnsafePath
 from .home import resolve_home
 from .models import InstanceStatus, RunResult
-from .progress import Progress
+from .progress import CellEvent, Progress
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -256,6 +256,8 @@ class RemoteEngine:
                     progress.start(msg["id"], msg["total"], msg["done"])
             elif event == "committed" and progress:
                 progress.committed(msg["index"])
+            elif event == "executed" and progress:
+                progress.executed(CellEvent.from_dict(msg))
 
     def _lost_message(self, op: str, instance_id: str | None) -> str:
         pid = self.peer_pid

@@ -14,6 +14,7 @@ dies (SIGKILL, OOM) is noticed within a quarter of a second and reported as
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import time
 from collections.abc import Callable
@@ -23,8 +24,16 @@ from typing import Any
 from durabook_kernel import STEP_MSG
 from durabook_kernel.journal import JournalReader
 
+from .kernel_messages import (
+    BadKernelMessage,
+    check_record,
+    check_step_message,
+    check_suspension,
+)
 from .models import ErrorInfo
 from .pool import KernelProcess
+
+log = logging.getLogger("durabook.runner")
 
 __all__ = ["CellPlan", "CellResult", "RunOutcome", "Runner"]
 
@@ -148,7 +157,12 @@ class Runner:
                 continue
             kind = m["msg_type"]
             if kind == STEP_MSG:
-                content = m["content"]
+                try:
+                    content = check_step_message(m["content"])
+                    if content.get("suspend") is not None:
+                        check_suspension(content["suspend"])
+                except BadKernelMessage as exc:
+                    return self._refused(exc)
                 phase = content.get("phase")
                 cell_started = time.monotonic()
                 if phase == "restored":
@@ -205,9 +219,23 @@ class Runner:
     def _current_index(self) -> int | None:
         return self.cells[self.position].index if self.position < len(self.cells) else None
 
+    def _refused(self, exc: BadKernelMessage) -> RunOutcome:
+        """The kernel said something no durabook kernel says: the run fails here."""
+        outcome = self.outcome
+        outcome.ok = False
+        if self.position < len(self.cells):
+            outcome.failed = self.cells[self.position]
+        outcome.error = ErrorInfo(ename="BadKernelMessage", evalue=exc.message)
+        return outcome
+
     def _read_journal(self) -> None:
         """Hand every finished cell the journal holds, in order, to ``on_step``."""
-        for seq, record in self.journal.read_new():
+        for seq, raw in self.journal.read_new():
+            try:
+                record = check_record(raw)
+            except BadKernelMessage as exc:  # never committed: the cell is not done
+                log.warning("%s:%d: %s", self.name, seq, exc.message)
+                continue
             kind = record.get("t")
             if kind == "start":
                 self.started = (record.get("index", -1), f"{self.name}:{seq}:killed")

@@ -52,9 +52,23 @@ class Served:
         self.engine.serving = False
 
 
-def start(eng: Engine, limits: Limits | None = None, schedules: bool = True) -> Served:
-    """Make ``eng`` a service: dispatch, timers and cron run from now on."""
+def start(
+    eng: Engine,
+    limits: Limits | None = None,
+    schedules: bool = True,
+    webhook: str | None = None,
+    webhooks: bool = True,
+) -> Served:
+    """Make ``eng`` a service: dispatch, timers, cron and webhooks run from now on.
+
+    ``webhook``: the URL told of instances that complete, fail or wait when they
+    name none of their own."""
+    from .notify import Notifier
+
     eng.serving = True
+    notifier = Notifier(eng, webhook) if webhooks else None
+    if notifier is not None:
+        notifier.start()  # before anything can finish a run
     # runs whose runner or engine died: whoever noticed first marked them RunnerDied
     for inst in eng.store.instances_with_status(Status.FAILED.value):
         if (inst["error"] or {}).get("ename") == "RunnerDied":
@@ -63,6 +77,8 @@ def start(eng: Engine, limits: Limits | None = None, schedules: bool = True) -> 
     timers = Timers(eng)
     service = Service(eng, dispatcher)
     served = Served(eng, service, dispatcher, timers)
+    if notifier is not None:
+        served.closers.append(notifier.close)
     dispatcher.start()
     timers.start()
     if schedules:
@@ -80,6 +96,7 @@ def serve(
     ready: threading.Event | None = None,
     limits: Limits | None = None,
     http: dict[str, Any] | None = None,
+    webhook: str | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or ``idle_timeout`` seconds without work).
 
@@ -87,7 +104,7 @@ def serve(
     HTTP beside the socket."""
     from .control import ControlServer
 
-    served = start(eng, limits)
+    served = start(eng, limits, webhook=webhook)
     try:
         server = ControlServer(served.service)
         served.closers.append(server.close)

@@ -23,8 +23,7 @@ from .notebook import source_hash
 from .store import Store
 
 if TYPE_CHECKING:
-    from .blobs import BlobStore
-    from .writer import Writer
+    from .engine import Engine
 
 __all__ = ["INTERACTIVE", "Sessions"]
 
@@ -32,17 +31,10 @@ INTERACTIVE = "interactive"  # the version of a session checkpointed by %load_ex
 
 
 class Sessions:
-    """Mixed into :class:`~durabook.engine.Engine`, which provides these."""
+    """Interactive kernels' instances, for the engine."""
 
-    store: Store
-    writer: Writer
-    blobs: BlobStore
-
-    def _instance(self, instance_id: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def executed_notebook(self, inst: dict[str, Any]) -> NotebookNode:
-        raise NotImplementedError
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def open_session(self, notebook: str, pid: int, cwd: str | None = None) -> str:
         from .engine import _new_id, _proc_start  # engine imports this module
@@ -64,12 +56,12 @@ class Sessions:
                 c, iid, owner_pid=pid, owner_start=_proc_start(pid), owner_host=socket.gethostname()
             )
 
-        self.writer.call(apply)
+        self.engine.writer.call(apply)
         return iid
 
     def commit_interactive(self, instance_id: str, step: dict[str, Any]) -> None:
         """One cell run by hand: committed before the kernel's next cell starts."""
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         if inst["version"] != INTERACTIVE or Status(inst["status"]) != Status.RUNNING:
             raise InvalidState(f"instance {instance_id} is not an open interactive session")
         index = int(step["index"])
@@ -85,10 +77,10 @@ class Sessions:
         row = Store.step_row(
             rec, time.time_ns(), json.dumps(step.get("outputs") or []), None, step["source"]
         )
-        self.writer.submit_steps([row]).result()
+        self.engine.writer.submit_steps([row]).result()
 
     def end_session(self, instance_id: str, status: Status = Status.COMPLETED) -> None:
-        self.writer.call(
+        self.engine.writer.call(
             lambda c: Store.update_instance(
                 c, instance_id, status=status, owner_pid=None, owner_start=None
             )
@@ -96,16 +88,16 @@ class Sessions:
 
     def session_restore_plan(self, instance_id: str) -> dict[str, Any]:
         """The state after a session's last successful cell, for ``%durabook restore``."""
-        inst = self._instance(instance_id)
-        nb = self.executed_notebook(inst)
+        inst = self.engine._instance(instance_id)
+        nb = self.engine.executed_notebook(inst)
         code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        latest, _ = self.store.latest_steps(instance_id)
+        latest, _ = self.engine.store.latest_steps(instance_id)
         ok = [(i, c) for i, c in code if latest[i]["status"] == CellStatus.COMMITTED.value]
         plan = restore_plan(ok, latest, len(ok), strict=False)
-        return {**plan.to_plan(), "blobs": str(self.blobs.root)}
+        return {**plan.to_plan(), "blobs": str(self.engine.blobs.root)}
 
-    def _session_notebook(self, instance_id: str) -> NotebookNode:
-        latest, _ = self.store.latest_steps(instance_id)
+    def notebook(self, instance_id: str) -> NotebookNode:
+        latest, _ = self.engine.store.latest_steps(instance_id)
         cells = []
         for index in range(max(latest, default=-1) + 1):
             row = latest.get(index)

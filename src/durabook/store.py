@@ -131,30 +131,44 @@ class Store:
 
     @staticmethod
     def insert_instance(c: Any, row: dict[str, Any]) -> None:
+        Store.insert_instances(c, [row])
+
+    @staticmethod
+    def insert_instances(c: Any, rows: Sequence[dict[str, Any]]) -> None:
+        """New instances in one statement (a statement costs ~0.5 ms, a row far less)."""
+        if not rows:
+            return
         now = utcnow()
-        c.execute(
-            f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES "
+        ph = (
             "(?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, NULL, NULL, ?, "
-            "NULL, ?, ?, ?, ?, ?, ?)",
-            [
-                row["id"],
-                row["notebook"],
-                row["version"],
-                row["status"],
-                json.dumps(row.get("parameters") or {}),
-                now,
-                now,
-                row.get("output"),
-                row.get("cwd"),
-                json.dumps(row.get("options") or {}),
-                int(row.get("priority") or 0),
-                row.get("tenant"),
-                row.get("workflow"),
-                row.get("schedule"),
-                row.get("webhook"),
-                int(row.get("queued_seq") or 0),
-            ],
+            "NULL, ?, ?, ?, ?, ?, ?)"
         )
+        for start in range(0, len(rows), 200):
+            chunk = rows[start : start + 200]
+            args: list[Any] = []
+            for row in chunk:
+                args += [
+                    row["id"],
+                    row["notebook"],
+                    row["version"],
+                    row["status"],
+                    json.dumps(row.get("parameters") or {}),
+                    now,
+                    now,
+                    row.get("output"),
+                    row.get("cwd"),
+                    json.dumps(row.get("options") or {}),
+                    int(row.get("priority") or 0),
+                    row.get("tenant"),
+                    row.get("workflow"),
+                    row.get("schedule"),
+                    row.get("webhook"),
+                    int(row.get("queued_seq") or 0),
+                ]
+            c.execute(
+                f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES " + ", ".join([ph] * len(chunk)),
+                args,
+            )
 
     @staticmethod
     def update_instance(c: Any, instance_id: str, **fields: Any) -> None:

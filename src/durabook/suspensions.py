@@ -22,7 +22,7 @@ from .models import Status
 from .store import Store, utcnow
 
 if TYPE_CHECKING:
-    from .writer import Writer
+    from .engine import Engine
 
 __all__ = ["Suspensions"]
 
@@ -51,19 +51,13 @@ def _resolve(
 
 
 class Suspensions:
-    """Mixed into :class:`~durabook.engine.Engine`, which provides these."""
+    """The engine's suspended instances: what wakes them, and events sent to them."""
 
-    store: Store
-    writer: Writer
-
-    def _instance(self, instance_id: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def changed(self, instance_id: str, status: Status) -> None:
-        raise NotImplementedError
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     @staticmethod
-    def _suspension_fields(request: dict[str, Any]) -> tuple[Status, dict[str, Any]]:
+    def fields(request: dict[str, Any]) -> tuple[Status, dict[str, Any]]:
         """The instance's status and columns while a cell's request is pending."""
         sleeping = request["kind"] == "sleep"
         return (Status.SLEEPING if sleeping else Status.WAITING), {
@@ -72,11 +66,11 @@ class Suspensions:
             "suspension": request,
         }
 
-    def _deliver_pending(self, iid: str, request: dict[str, Any]) -> bool:
+    def deliver_pending(self, iid: str, request: dict[str, Any]) -> bool:
         """An event sent before the instance began to wait is delivered now."""
         if request["kind"] != "wait":
             return False
-        pending = self.store.pending_event(iid, request["event"])
+        pending = self.engine.store.pending_event(iid, request["event"])
         if pending is None:
             return False
         self._deliver(iid, request["key"], pending)
@@ -85,8 +79,8 @@ class Suspensions:
     def _deliver(self, iid: str, key: str, pending: tuple[int, str | None]) -> None:
         seq, data = pending
         payload = json.loads(data) if data is not None else None
-        self.writer.call(lambda c: _resolve(c, iid, key, {"payload": payload}, seq))
-        self.changed(iid, Status.QUEUED)
+        self.engine.writer.call(lambda c: _resolve(c, iid, key, {"payload": payload}, seq))
+        self.engine.changed(iid, Status.QUEUED)
 
     def tick(self, now: datetime | None = None) -> list[str]:
         """Wake what is due: sleepers past their time, waits past their timeout or with
@@ -94,13 +88,13 @@ class Suspensions:
         now = now or utcnow()
         return [
             inst["id"]
-            for inst in self.store.instances_with_status(
+            for inst in self.engine.store.instances_with_status(
                 Status.SLEEPING.value, Status.WAITING.value
             )
-            if self._wake_if_due(inst, now)
+            if self.wake_if_due(inst, now)
         ]
 
-    def _wake_if_due(self, inst: dict[str, Any], now: datetime | None = None) -> bool:
+    def wake_if_due(self, inst: dict[str, Any], now: datetime | None = None) -> bool:
         """Queue one suspended instance if its event is here or its time has come."""
         now = now or utcnow()
         req = inst["suspension"] or {}
@@ -108,7 +102,7 @@ class Suspensions:
         if not key or inst["status"] not in (Status.SLEEPING.value, Status.WAITING.value):
             return False
         if inst["status"] == Status.WAITING.value:
-            pending = self.store.pending_event(inst["id"], inst["waiting_for"])
+            pending = self.engine.store.pending_event(inst["id"], inst["waiting_for"])
             if pending is not None:
                 self._deliver(inst["id"], key, pending)
                 return True
@@ -120,7 +114,7 @@ class Suspensions:
 
     def wake_now(self, instance_id: str) -> None:
         """``durabook resume ID --now``: a sleeper wakes before its time."""
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         if inst["status"] != Status.SLEEPING.value:
             raise InvalidState(
                 f"instance {instance_id} is {inst['status']}, not sleeping: --now wakes sleepers",
@@ -132,12 +126,12 @@ class Suspensions:
             self._wake(instance_id, key, {"early": True})
 
     def _wake(self, iid: str, key: str, resolution: dict[str, Any]) -> None:
-        self.writer.call(lambda c: _resolve(c, iid, key, resolution))
-        self.changed(iid, Status.QUEUED)
+        self.engine.writer.call(lambda c: _resolve(c, iid, key, resolution))
+        self.engine.changed(iid, Status.QUEUED)
 
     def send_event(self, instance_id: str, name: str, data: str | None = None) -> bool:
         """Keep an event for an instance; True when it woke the instance (now queued)."""
-        inst = self._instance(instance_id)
+        inst = self.engine._instance(instance_id)
         if inst["status"] in _FINISHED:
             raise InvalidState(
                 f"instance {instance_id} is {inst['status']}: it takes no events",
@@ -152,7 +146,7 @@ class Suspensions:
             except json.JSONDecodeError as exc:
                 raise BadInput(f"event data is not JSON: {exc.msg} at column {exc.colno}") from None
         seq = time.time_ns()
-        self.writer.call(
+        self.engine.writer.call(
             lambda c: c.execute(
                 "INSERT INTO events (seq, instance_id, name, data, created_at) VALUES (?,?,?,?,?)",
                 [seq, instance_id, name, data, utcnow()],

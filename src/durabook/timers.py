@@ -83,7 +83,7 @@ class Timers:
     def _fire(self, instance_id: str, now: datetime) -> None:
         try:
             row = self.engine.store.instance_row(instance_id)
-            if row is not None and self.engine._wake_if_due(row, now):
+            if row is not None and self.engine.suspensions.wake_if_due(row, now):
                 self.fired += 1
         except Exception:
             log.exception("%s: timer failed", instance_id)

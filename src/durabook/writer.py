@@ -1,8 +1,8 @@
 """Group commit: the one thread that writes the store.
 
 Callers enqueue operations and get a future. The thread takes everything that
-is waiting, runs it in one transaction (consecutive step rows become a single
-multi-row INSERT) and resolves the futures when COMMIT returns. One DuckDB
+is waiting, runs it in one transaction (consecutive step rows, and new instance
+rows, become single multi-row INSERTs) and resolves the futures when COMMIT returns. One DuckDB
 commit costs about 1 ms here, so under load many cells share one.
 """
 
@@ -36,6 +36,12 @@ class Writer:
     def submit(self, fn: Callable[[Any], Any]) -> Future[Any]:
         fut: Future[Any] = Future()
         self._q.put(("call", fn, fut))
+        return fut
+
+    def submit_instance(self, row: dict[str, Any]) -> Future[Any]:
+        """A new instance's row; consecutive ones share one multi-row INSERT."""
+        fut: Future[Any] = Future()
+        self._q.put(("instance", row, fut))
         return fut
 
     def submit_steps(self, rows: list[tuple[Any, ...]]) -> Future[Any]:
@@ -76,16 +82,22 @@ class Writer:
         try:
             conn.execute("BEGIN")
             pending: list[tuple[Any, ...]] = []
+            instances: list[dict[str, Any]] = []
             for kind, payload, _fut in batch:
                 if kind == "steps":
                     pending.extend(payload)
                     results.append(None)
                     continue
-                if pending:
-                    Store.insert_steps(conn, pending)
-                    pending = []
+                if kind == "instance":
+                    instances.append(payload)
+                    results.append(None)
+                    continue
+                Store.insert_steps(conn, pending)
+                Store.insert_instances(conn, instances)
+                pending, instances = [], []
                 results.append(payload(conn))
             Store.insert_steps(conn, pending)
+            Store.insert_instances(conn, instances)
             conn.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(Exception):

@@ -47,8 +47,11 @@ def check_name(value: str | None, what: str) -> str | None:
 def check_url(value: str | None) -> str | None:
     if value is None:
         return None
-    if len(value) > 2000 or not re.match(r"https?://[^\s/]+", value):
-        raise ValueError("a webhook must be an http:// or https:// URL of at most 2000 characters")
+    if len(value) > 2000 or not re.match(r"https?://[^\s/@]+(/|$)", value):
+        raise ValueError(
+            "a webhook must be an http:// or https:// URL of at most 2000 characters, "
+            "with no user:password@"
+        )
     return value
 
 
@@ -77,6 +80,8 @@ class CreateRequest(Request):
     from_text: bool = False  # parameters given as text (the CLI's -p NAME VALUE)
     if_exists: Literal["return", "error"] = "return"
     cwd: str | None = Field(default=None, max_length=4096)
+    source_path: str | None = Field(default=None, max_length=4096)  # notebook_json's origin
+    cell_timeout: float | None = Field(default=None, gt=0)  # seconds per cell
 
     @field_validator("tenant")
     @classmethod

@@ -78,7 +78,7 @@ ERROR_CODES: dict[str, int] = {
     "method_not_allowed": 405,
     "too_large": 413,
 }
-_NOT_OVER_HTTP = ("env", "cwd", "output", "from_text")
+_NOT_OVER_HTTP = ("env", "cwd", "output", "from_text", "source_path")
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _RESUME_LOCK = threading.Lock()
 

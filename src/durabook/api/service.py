@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput, InvalidState
 from ..models import InstanceStatus, RunResult, Status
-from ..progress import Progress
+from ..progress import CellEvent, Progress
 from .models import (
     CreateRequest,
     EventReply,
@@ -64,6 +64,8 @@ def _progress_event(progress: Progress, event: dict[str, Any]) -> None:
         progress.start(event["id"], event["total"], event["done"])
     elif kind == "committed":
         progress.committed(event["index"])
+    elif kind == "executed":
+        progress.executed(CellEvent.from_dict(event))
 
 
 class Service:
@@ -119,11 +121,15 @@ class Service:
             tenant=req.tenant,
             workflow=req.workflow,
             webhook=req.webhook,
+            source_path=req.source_path,
+            cell_timeout=req.cell_timeout,
         )
         if on_created:
             on_created(iid)
+        if created:
+            return InstanceRef(id=iid, status=Status.QUEUED, created=True)
         row = self.engine._instance(iid)
-        return InstanceRef(id=iid, status=Status(row["status"]), created=created)
+        return InstanceRef(id=iid, status=Status(row["status"]), created=False)
 
     def run(
         self,
