@@ -178,7 +178,7 @@ def test_list_piped_into_head(home: Path, tmp_path: Path):
 def test_commands_that_talk_to_an_engine_import_nothing_heavy(home: Path, tmp_path: Path):
     """`submit`, `status`, `list`, `send-event` with an engine serving load neither the
     store (DuckDB) nor kernels' or notebooks' code: what keeps them at about 0.2 s."""
-    nb = write_nb(tmp_path / "t.ipynb", ["x = 1"])
+    nb = write_nb(tmp_path / "t.ipynb", ["import durabook\ndurabook.wait_for_event('go')"])
     serve = subprocess.Popen(
         [sys.executable, "-m", "durabook", "serve", "--concurrency", "1", "--warm", "0"],
         stderr=subprocess.PIPE,

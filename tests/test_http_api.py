@@ -429,3 +429,31 @@ def test_fuzz_never_5xx(
     if method != "HEAD" and r.status_code >= 400:
         assert r.json()["error"]["code"]
     assert requests.get(f"{api.url}/health", timeout=10).status_code == 200
+
+
+def test_stalled_clients_stall_nobody_else(api: Api) -> None:
+    """Clients that stop mid-headers, mid-body, or never read their reply: the engine
+    and other clients go on."""
+    import socket
+
+    port = api.web.port
+    stalled = []
+    for partial in (
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # headers never end
+        b"POST /api/instances HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        b"Authorization: token " + (api.web.token or "").encode() + b"\r\n\r\n{\"note",
+    ):
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(partial)
+            stalled.append(s)
+    try:
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert requests.get(f"{api.web.url}/health", timeout=10).status_code == 200
+        iid = api.create({"notebook": api.nb("after-stall.ipynb", ["x = 1"])})
+        assert api.wait(iid, SETTLED)["status"] == "completed"
+        assert time.monotonic() - t0 < 60
+    finally:
+        for s in stalled:
+            s.close()

@@ -47,6 +47,7 @@ from durabook_kernel.wire import (
     socket_path,
 )
 
+from .api.models import validation_summary
 from .api.service import VERBS, Service, Verb
 from .errors import (
     BadInput,
@@ -193,11 +194,7 @@ _OPS.update({name: (verb.request or _NoArgs, _verb(name, verb)) for name, verb i
 
 
 def _summary(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        where = ".".join(str(p) for p in e["loc"]) or "args"
-        parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
+    return validation_summary(exc, "args")
 
 
 class Request:

@@ -11,7 +11,14 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..models import InstanceStatus, InstanceSummary, RunResult, Status
 
@@ -53,6 +60,15 @@ def check_url(value: str | None) -> str | None:
             "with no user:password@"
         )
     return value
+
+
+def validation_summary(exc: ValidationError, root: str = "body") -> str:
+    """A pydantic error as one line: where and what, for the first few problems."""
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or root
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
 
 
 class Request(BaseModel):

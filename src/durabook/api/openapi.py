@@ -45,6 +45,7 @@ from .models import (
     ScheduleInfo,
     ScheduleRunsRequest,
     ScheduleSpec,
+    validation_summary,
 )
 
 if TYPE_CHECKING:
@@ -196,11 +197,7 @@ def _parse_query(route: Route, args: dict[str, list[bytes]]) -> Any:
 
 
 def _summary(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
+    return validation_summary(exc, "body")
 
 
 def _notebook_path(path: str | None) -> None:
