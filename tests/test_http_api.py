@@ -441,7 +441,7 @@ def test_stalled_clients_stall_nobody_else(api: Api) -> None:
     for partial in (
         b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # headers never end
         b"POST /api/instances HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
-        b"Authorization: token " + (api.web.token or "").encode() + b"\r\n\r\n{\"note",
+        b"Authorization: token " + (api.web.token or "").encode() + b'\r\n\r\n{"note',
     ):
         for _ in range(20):
             s = socket.create_connection(("127.0.0.1", port))
