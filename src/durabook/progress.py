@@ -90,6 +90,13 @@ class Subscription:
                 self._cv.wait(timeout)
             return self._events.popleft() if self._events else None
 
+    def drain(self) -> list[dict[str, Any]]:
+        """Every event waiting, oldest first (and none left)."""
+        with self._cv:
+            events = list(self._events)
+            self._events.clear()
+            return events
+
     def close(self) -> None:
         self.hub._drop(self)
         with self._cv:

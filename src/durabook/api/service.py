@@ -144,9 +144,13 @@ class Service:
             if not ref.created and Status(inst["status"]) != Status.QUEUED:
                 return self.engine._result(inst)
             return self.engine.execute(ref.id, progress)
-        with self.engine.hub.subscribe(None) as early:  # events before we know the id
+        hub = self.engine.hub
+        with hub.subscribe(None) as early:  # the run may start before we know its id
             ref = self.create(req, on_created)
-            return self._follow(ref.id, progress, None, early)
+            sub = hub.subscribe(ref.id)  # from now on, only its own events
+        with sub:
+            backlog = [e for e in early.drain() if e.get("id") == ref.id]
+            return self._follow(ref.id, progress, None, sub, backlog)
 
     def resume(self, req: ResumeRequest, progress: Progress | None = None) -> RunResult:
         if self.dispatcher is None:
@@ -168,9 +172,19 @@ class Service:
             return self._follow(req.id, progress, req.timeout, sub)
 
     def _follow(
-        self, iid: str, progress: Progress | None, timeout: float | None, sub: Any
+        self,
+        iid: str,
+        progress: Progress | None,
+        timeout: float | None,
+        sub: Any,
+        backlog: builtins.list[dict[str, Any]] | None = None,
     ) -> RunResult:
         eng = self.engine
+        backlog = backlog or []
+        seen = {id(e) for e in backlog}  # published to both subscriptions: the same object
+        for event in backlog:
+            if progress is not None:
+                _progress_event(progress, event)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             inst = eng._instance(iid)
@@ -195,7 +209,7 @@ class Service:
                 event = sub.get(rest)
                 if event is None:
                     break
-                if event.get("id") != iid:
+                if event.get("id") != iid or id(event) in seen:
                     continue
                 if progress is not None:
                     _progress_event(progress, event)
