@@ -542,3 +542,22 @@ def test_schedule_through_durabook_cli(tmp_path: Path, nb: Path, capsys: pytest.
     assert json.loads(capsys.readouterr()[0])["parameters"] == {"n": -5}
     assert cli.main(argv) == 2
     assert "exists already" in capsys.readouterr()[1]
+
+
+def test_a_full_disk_at_add_is_storage_full(
+    engine: Engine, nb: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
+    """The store's write failing for space (a narrow stand-in for the disk: the real
+    full disk is tested on a tmpfs in test_no_stuck_or_lying_states) names the home."""
+    import errno
+
+    from durabook.errors import StorageFull
+
+    s = Scheduler(engine, clock=clock)
+
+    def full(fn: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.writer, "call", full)
+    with pytest.raises(StorageFull, match="no space left"):
+        s.add(spec(nb, "daily", "0 6 * * *"))

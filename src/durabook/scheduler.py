@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from .api.models import ScheduleInfo, ScheduleSpec
-from .errors import BadInput, UnknownSchedule
+from .errors import BadInput, UnknownSchedule, storage_full
 from .models import Status
 
 if TYPE_CHECKING:
@@ -257,7 +257,13 @@ class Scheduler:
             c.execute(f"INSERT INTO schedules ({_COLS}) VALUES ({', '.join('?' * 13)})", values)
 
         with self._mutex:
-            self.engine.writer.call(insert)
+            try:
+                self.engine.writer.call(insert)
+            except Exception as exc:  # a full disk says so, naming the home
+                full = storage_full(exc, self.engine.home)
+                if full is not None:
+                    raise full from None
+                raise
             row = self._row(spec.name)
             if spec.overlap == "queue" and self.dispatcher is not None:
                 self.dispatcher.set_workflow_limit(_workflow(spec.name), 1)
