@@ -31,7 +31,6 @@ from .lifecycle import Lifecycle
 from .models import (
     ErrorInfo,
     InstanceStatus,
-    InstanceSummary,
     RunResult,
     Status,
 )
@@ -179,9 +178,6 @@ class Engine:
 
     def wake_now(self, instance_id: str) -> None:
         self.suspensions.wake_now(instance_id)
-
-    def tick(self, now: Any = None) -> list[str]:
-        return self.suspensions.tick(now)
 
     def open_session(self, notebook: str, pid: int, cwd: str | None = None) -> str:
         return self.sessions.open_session(notebook, pid, cwd)
@@ -577,13 +573,3 @@ class Engine:
             if opts is not None and opts.name:
                 names[i] = opts.name
         return self.store.status(instance_id, code, names)
-
-    def list(self, status: str | None = None, limit: int | None = None) -> list[InstanceSummary]:
-        if status is not None:
-            try:
-                Status(status)
-            except ValueError:
-                names = " ".join(s.value for s in Status)
-                raise BadInput(f"unknown status {status!r}; one of: {names}") from None
-        self.recover_orphans()
-        return self.store.list(status, limit)[0]

@@ -82,18 +82,6 @@ class Suspensions:
         self.engine.writer.call(lambda c: _resolve(c, iid, key, {"payload": payload}, seq))
         self.engine.changed(iid, Status.QUEUED)
 
-    def tick(self, now: datetime | None = None) -> list[str]:
-        """Wake what is due: sleepers past their time, waits past their timeout or with
-        an event. Returns the ids now queued to resume."""
-        now = now or utcnow()
-        return [
-            inst["id"]
-            for inst in self.engine.store.instances_with_status(
-                Status.SLEEPING.value, Status.WAITING.value
-            )
-            if self.wake_if_due(inst, now)
-        ]
-
     def wake_if_due(self, inst: dict[str, Any], now: datetime | None = None) -> bool:
         """Queue one suspended instance if its event is here or its time has come."""
         now = now or utcnow()

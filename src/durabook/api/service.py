@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadInput, InvalidState
+from ..errors import InvalidState
 from ..models import InstanceStatus, RunResult, Status
 from ..progress import CellEvent, Progress
 from .models import (
@@ -97,16 +97,12 @@ class Service:
         self, req: CreateRequest, on_created: Callable[[str], None] | None = None
     ) -> InstanceRef:
         """Validate, store the version, insert ``queued``, return at once."""
-        from nbformat import NotebookNode
-
         notebook: Any = req.notebook
         if req.notebook_json is not None:
-            from ..notebook import parse_notebook
+            import nbformat
 
-            text = json.dumps(req.notebook_json)
-            notebook = parse_notebook(text, "notebook_json")
-            if not isinstance(notebook, NotebookNode):  # pragma: no cover - nbformat's type
-                raise BadInput("notebook_json is not a notebook")
+            # checked once, by Engine.create (size, depth, nbformat's schema)
+            notebook = nbformat.from_dict(req.notebook_json)
         iid, created = self.engine.create(
             notebook,
             req.parameters,
