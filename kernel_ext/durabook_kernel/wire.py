@@ -106,6 +106,12 @@ def socket_path(home: Path) -> Path:
     return runtime_dir() / f"{key}.sock"
 
 
+def http_socket_path(home: Path) -> Path:
+    """Where ``durabook serve`` serves its HTTP API to this user alone (JupyterLab
+    forwards there), beside the control socket."""
+    return socket_path(home).with_suffix(".http")
+
+
 def _check_base(base: Path) -> None:
     # a folder others may write into without the sticky bit lets them rename ours away
     st = os.stat(base)

@@ -69,3 +69,14 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'durabook' has no attribute {name!r}")
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the prebuilt front end (``jupyter labextension develop``)."""
+    from pathlib import Path
+
+    return [{"src": str(Path(__file__).parent / "labextension"), "dest": "durabook"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "durabook.jupyter"}]

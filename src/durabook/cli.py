@@ -225,7 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + 13  # as a process killed by SIGPIPE (what `yes | head -1` reports)
 
 
+def _skip_slow_format_checkers() -> None:
+    """jsonschema (under nbformat) imports ``rfc3987_syntax`` when it is installed
+    (jupyter_server brings it, through jupyter-events), and that builds a lark grammar
+    at import: 0.8 s of every command that reads a notebook. Notebook validation uses
+    no IRI formats, so this command's jsonschema goes without them."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+
 def _main(argv: list[str]) -> int:
+    _skip_slow_format_checkers()
     os.umask(0o077)  # what durabook creates (DuckDB's own files included) is the owner's alone
     argv, params = _take_parameters(argv)
     args = _parser().parse_args(argv)
@@ -311,13 +321,44 @@ def _open_for_serve(home: str | None, engine: Any, wait: float = 60.0) -> Any:
                     owner = {}
                 finally:
                     sock.close()
-            if owner.get("serving") or time.monotonic() > deadline:
+            if owner.get("host") == "jupyter":
+                if not said:  # JupyterLab hosts it: it hands over, its runs go on here
+                    _take_over(home, owner)
+                    said = True
+                    deadline = time.monotonic() + wait
+                elif time.monotonic() > deadline:
+                    raise busy from None
+            elif owner.get("serving") or time.monotonic() > deadline:
                 raise busy from None
             if not said:
                 pid = owner.get("pid") or busy.fields.get("pid")
                 print(f"waiting for pid {pid} to finish with the store", file=sys.stderr)
                 said = True
             time.sleep(0.1)
+
+
+def _take_over(home: str | None, owner: dict[str, Any]) -> None:
+    from durabook_kernel import wire
+
+    from .home import resolve_home
+
+    sock = wire.connect(resolve_home(home))
+    if sock is None:
+        return  # it just left: the next try opens the store
+    try:
+        wire.call(sock, "handoff")
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"JupyterLab did not hand the home over: {exc}", file=sys.stderr)
+        return
+    finally:
+        sock.close()
+    pid = owner.get("pid")
+    print(
+        f"taking the home over from JupyterLab (pid {pid}): its runs and schedules go on "
+        "here, and JupyterLab forwards to this engine",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _resume_here(svc: Any, args: argparse.Namespace) -> int:

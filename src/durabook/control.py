@@ -138,7 +138,20 @@ _Handler = Callable[[Service, Any, Progress | None, _Created], Any]
 
 
 def _ping(svc: Service, a: _NoArgs, progress: Progress | None, created: _Created) -> Any:
-    return {"pid": os.getpid(), "home": str(svc.home), "serving": svc.serving}
+    return {"pid": os.getpid(), "home": str(svc.home), "serving": svc.serving, "host": svc.host}
+
+
+def _handoff(svc: Service, a: _NoArgs, progress: Progress | None, created: _Created) -> Any:
+    """A `durabook serve` asks for the home: only an engine hosted by JupyterLab
+    gives it up (its runs go on in the new owner, from their last committed cell)."""
+    if svc.on_handoff is None:
+        raise InvalidState(
+            f"this home is served by a {svc.host!r} engine (pid {os.getpid()}), which "
+            "hands it over to no one: stop it first",
+            pid=os.getpid(),
+        )
+    svc.on_handoff()
+    return {"pid": os.getpid(), "host": svc.host}
 
 
 def _open_session(
@@ -189,6 +202,7 @@ _OPS: dict[str, tuple[type[BaseModel], _Handler]] = {
     "checkpoint": (_CheckpointArgs, _checkpoint),
     "end_session": (_IdArgs, _end_session),
     "restore_plan": (_IdArgs, _restore_plan),
+    "handoff": (_NoArgs, _handoff),
 }
 _OPS.update({name: (verb.request or _NoArgs, _verb(name, verb)) for name, verb in VERBS.items()})
 
@@ -503,15 +517,22 @@ class ControlServer:
                 return 0.0
             return time.monotonic() - self.last_activity
 
-    def drain(self) -> None:
-        """Wait until no request is being served, then accept no new one.
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no request is being served, then accept no new one; False when
+        ``timeout`` passed first (then nothing new is accepted either).
 
         Both under one lock: a request is either accepted before (and waited for) or
         refused unseen after, so its client can safely ask again elsewhere."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while self.busy:
-                self._cv.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._closing = True
+                    return False
+                self._cv.wait(left)
             self._closing = True
+            return True
 
     def close(self) -> None:
         with self._cv:

@@ -163,6 +163,7 @@ class Executor:
             if terminating:  # `terminate` came while the kernel was starting
                 kernel.kill()
             runner = Runner(kernel, self.engine.blobs.get)
+            runner.on_output = progress.output
 
             def on_step(res: CellResult) -> None:
                 progress.executed(CellEvent.from_result(res))

@@ -66,6 +66,9 @@ class Progress:
         """A cell finished (called on the runner's thread, before its commit)."""
 
     def committed(self, index: int) -> None: ...
+    def output(self, index: int | None, output: dict[str, Any]) -> None:
+        """Part of the running cell's output, as the kernel sends it (text only)."""
+
     def close(self) -> None: ...
 
 
@@ -110,17 +113,25 @@ class Subscription:
         self.close()
 
 
+LIVE_BACKLOG = 256  # output events of a running cell kept for followers that come later
+
+
 class Hub:
     """Per-instance fan-out of run events (``key`` None follows every instance)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: dict[str | None, set[Subscription]] = {}
+        # the running cell's output events so far, per instance: a follower that comes
+        # in mid-cell sees what the cell printed before it came
+        self._live: dict[str, collections.deque[dict[str, Any]]] = {}
 
     def subscribe(self, instance_id: str | None) -> Subscription:
         sub = Subscription(self, instance_id)
         with self._lock:
             self._subs.setdefault(instance_id, set()).add(sub)
+            for event in self._live.get(instance_id or "", ()):
+                sub.put(event)
         return sub
 
     def _drop(self, sub: Subscription) -> None:
@@ -132,13 +143,19 @@ class Hub:
                     del self._subs[sub.key]
 
     def publish(self, instance_id: str, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        event = {**event, "id": instance_id}
         with self._lock:
+            if kind == "output":
+                live = self._live.get(instance_id)
+                if live is None:
+                    live = self._live[instance_id] = collections.deque(maxlen=LIVE_BACKLOG)
+                live.append(event)
+            elif kind in ("executed", "status", "done"):
+                self._live.pop(instance_id, None)
             if not self._subs:
                 return
             targets = [*self._subs.get(instance_id, ()), *self._subs.get(None, ())]
-        if not targets:
-            return
-        event = {**event, "id": instance_id}
         for sub in targets:
             sub.put(event)
 
@@ -165,3 +182,8 @@ class HubProgress(Progress):
         self.hub.publish(self.instance_id, {"event": "committed", "index": index})
         if self.inner:
             self.inner.committed(index)
+
+    def output(self, index: int | None, output: dict[str, Any]) -> None:
+        self.hub.publish(self.instance_id, {"event": "output", "index": index, "output": output})
+        if self.inner:
+            self.inner.output(index, output)

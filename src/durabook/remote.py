@@ -26,6 +26,8 @@ from durabook_kernel.wire import connect as wire_connect
 
 from .api.models import (
     CreateRequest,
+    CronPreview,
+    CronPreviewRequest,
     EventReply,
     EventRequest,
     Health,
@@ -364,6 +366,9 @@ class RemoteEngine:
 
     def schedule_runs(self, req: ScheduleRunsRequest) -> InstancePage:
         return cast(InstancePage, self._verb("schedule_runs", req))
+
+    def schedule_preview(self, req: CronPreviewRequest) -> CronPreview:
+        return cast(CronPreview, self._verb("schedule_preview", req))
 
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {}

@@ -75,10 +75,35 @@ class RunOutcome:
     restored: dict[str, Any] = field(default_factory=dict)
 
 
+_LIVE_OUTPUT = ("stream", "display_data", "execute_result", "error")
+LIVE_OUTPUT_CHARS = 16_384  # per message: a live view shows text, never megabytes
+
+
+def _live_output(kind: str, content: dict[str, Any]) -> dict[str, Any]:
+    """A running cell's output message as nbformat-like text for live views."""
+    if kind == "stream":
+        text = str(content.get("text", ""))[:LIVE_OUTPUT_CHARS]
+        return {"output_type": "stream", "name": content.get("name"), "text": text}
+    if kind == "error":
+        return {
+            "output_type": "error",
+            "ename": str(content.get("ename", ""))[:200],
+            "evalue": str(content.get("evalue", ""))[:LIVE_OUTPUT_CHARS],
+        }
+    data = content.get("data") or {}
+    plain = data.get("text/plain") if isinstance(data, dict) else None
+    text = str(plain)[:LIVE_OUTPUT_CHARS] if plain is not None else ""
+    kinds = sorted(data)[:10] if isinstance(data, dict) else []
+    return {"output_type": kind, "data": {"text/plain": text}, "mimetypes": kinds}
+
+
 class Runner:
     def __init__(self, kernel: KernelProcess, load_blob: Callable[[str], bytes]) -> None:
         self.kernel = kernel
         self.load_blob = load_blob
+        # told of the running cell's output as it comes (a live view); the recorded
+        # outputs are the journal's, not these
+        self.on_output: Callable[[int | None, dict[str, Any]], None] | None = None
 
     def run(
         self,
@@ -196,6 +221,10 @@ class Runner:
                             # between two cells fails none, and the next is not charged)
                             record = {"error": content["error"], "status": "error"}
                             self._finish_cell(record, self.started[1][: -len("killed")] + "abort")
+            elif kind in _LIVE_OUTPUT and self.on_output is not None:
+                index = self._current_index()  # None: the last cell's output, come late
+                index = cells[-1].index if index is None and cells else index
+                self.on_output(index, _live_output(kind, m["content"]))
             elif kind == "status" and m["content"].get("execution_state") == "idle":
                 break
         self._read_journal()

@@ -89,6 +89,28 @@ def start(
     return served
 
 
+def _serve_http_privately(served: Served) -> None:
+    """HTTP on a unix socket only this user reaches: a JupyterLab on this home
+    forwards its ``/durabook/api`` here. Not having it costs only that."""
+    from durabook_kernel.wire import http_socket_path
+
+    from .api.http import start_http_unix
+    from .errors import DurabookError
+
+    path = http_socket_path(served.engine.home)
+    try:
+        web = start_http_unix(served.service, path)
+    except DurabookError as exc:
+        log.warning("no HTTP socket for JupyterLab: %s", exc.message)
+        return
+
+    def close() -> None:
+        web.close()
+        path.unlink(missing_ok=True)
+
+    served.closers.append(close)
+
+
 def serve(
     eng: Engine,
     stop: threading.Event,
@@ -108,6 +130,7 @@ def serve(
     try:
         server = ControlServer(served.service)
         served.closers.append(server.close)
+        _serve_http_privately(served)
         if http is not None:
             from .api.http import start_http
 

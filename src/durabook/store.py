@@ -443,6 +443,7 @@ class Store:
         workflow: str | None = None,
         schedule: str | None = None,
         cursor: str | None = None,
+        notebook: str | None = None,
     ) -> tuple[list[InstanceSummary], str | None]:
         """Newest first; ``cursor`` (from the previous page) continues after its last item."""
         sql = (
@@ -456,6 +457,7 @@ class Store:
             ("tenant", tenant),
             ("workflow", workflow),
             ("schedule", schedule),
+            ("notebook", notebook),
         ):
             if value is not None:
                 where.append(f"{col} = ?")

@@ -51,7 +51,14 @@ if TYPE_CHECKING:
     from ..progress import Subscription
     from .service import Service
 
-__all__ = ["Auth", "HttpServer", "make_handlers", "max_body_bytes", "start_http"]
+__all__ = [
+    "Auth",
+    "HttpServer",
+    "make_handlers",
+    "max_body_bytes",
+    "start_http",
+    "start_http_unix",
+]
 
 log = logging.getLogger("durabook.http")
 
@@ -105,7 +112,9 @@ def _error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, HTTPError):  # tornado's own (a path that is not UTF-8, ...)
         status = exc.status_code
         code = "bad_input" if status < 500 else "internal"
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(status, code)
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status, code)
+        code = {503: "engine_busy"}.get(status, code)
+        code = {405: "method_not_allowed", 413: "too_large"}.get(status, code)
         return status, {"code": code, "message": exc.log_message or exc.reason or str(status)}
     return 500, {"code": "internal", "message": "internal error (the engine logged it)"}
 
@@ -224,6 +233,7 @@ class _Handler(RequestHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self._refusal: _Refused | None = None
+        self._prepared = False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -236,7 +246,12 @@ class _Handler(RequestHandler):
     def prepare(self) -> None:
         """Refusals are decided now but answered once the body was read and dropped (an
         answer sent while the client still sends may be lost to the connection's reset),
-        unless the body is too big to drain or the client waits for 100-continue."""
+        unless the body is too big to drain or the client waits for 100-continue.
+
+        Once per request (a Jupyter mixin's own ``prepare`` chain reaches it too)."""
+        if self._prepared:
+            return
+        self._prepared = True
         routes, method, auth = self.routes, self.request.method or "", self.api.auth
         try:
             if auth is not None and (not routes or any(r.auth for r in routes.values())):
@@ -390,7 +405,10 @@ class _StreamHandler(_Handler):
         return True
 
 
-def _specs(api: _Api) -> list[tuple[str, type, dict[str, Any]]]:
+def _specs(api: _Api, mixin: type | None = None) -> list[tuple[str, type, dict[str, Any]]]:
+    def bases(cls: type) -> tuple[type, ...]:
+        return (mixin, cls) if mixin is not None else (cls,)
+
     by_path: dict[str, dict[str, Route]] = {}
     for r in ROUTES:
         by_path.setdefault(r.path, {})[r.method] = r
@@ -399,17 +417,23 @@ def _specs(api: _Api) -> list[tuple[str, type, dict[str, Any]]]:
         base_cls = _StreamHandler if any(r.kind == "stream" for r in routes.values()) else _Handler
         name = "Durabook" + "".join(p.title() for p in re.findall(r"\w+", path)) + "Handler"
         pattern = re.escape(api.base) + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
-        specs.append((pattern, type(name, (base_cls,), {"routes": routes}), {"api": api}))
-    specs.append((re.escape(api.base) + r"(?:/.*)?", _Handler, {"api": api}))  # JSON 404s
+        specs.append((pattern, type(name, bases(base_cls), {"routes": routes}), {"api": api}))
+    fallback = type("DurabookNotFoundHandler", bases(_Handler), {}) if mixin else _Handler
+    specs.append((re.escape(api.base) + r"(?:/.*)?", fallback, {"api": api}))  # JSON 404s
     return specs
 
 
 def make_handlers(
-    get_service: Callable[[], Service], base: str = "/api", auth: Auth | None = None
+    get_service: Callable[[], Service],
+    base: str = "/api",
+    auth: Auth | None = None,
+    mixin: type | None = None,
 ) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado URL specs of every route under ``base``. A Jupyter server extension
-    mounts them under its base URL with ``auth=None`` and its own auth."""
-    return _specs(_Api(get_service, base, auth))
+    mounts them under its base URL with ``auth=None`` and ``mixin``, a handler class
+    put first in each handler's bases (its ``prepare`` does Jupyter's auth, its
+    ``_serve`` may forward the request elsewhere)."""
+    return _specs(_Api(get_service, base, auth), mixin)
 
 
 # -- the server of `durabook serve` --------------------------------------------------------
@@ -428,9 +452,13 @@ class HttpServer:
         self, api: _Api, host: str, sockets: list[socket.socket], token: str | None
     ) -> None:
         self._api, self._sockets, self.token = api, sockets, token
-        self.port: int = sockets[0].getsockname()[1]
-        shown = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
-        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}{api.base}"
+        if sockets[0].family == socket.AF_UNIX:
+            self.port = 0
+            self.url = f"http+unix://{sockets[0].getsockname()}{api.base}"
+        else:
+            self.port = sockets[0].getsockname()[1]
+            shown = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+            self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}{api.base}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: HTTPServer | None = None
         self._error: BaseException | None = None
@@ -543,3 +571,18 @@ def start_http(
         why = getattr(exc, "strerror", None) or exc
         raise BadInput(f"cannot listen on {host}:{port}: {why}", host=host, port=port) from None
     return HttpServer(api, host, sockets, None if no_auth else token)
+
+
+def start_http_unix(service: Service, path: os.PathLike[str] | str) -> HttpServer:
+    """Serve ``service`` over HTTP on a unix socket (mode 0600, in the private runtime
+    folder of the control socket), without a token: only this user reaches it. A
+    JupyterLab whose home this engine serves forwards its ``/durabook/api`` here."""
+    from tornado.netutil import bind_unix_socket
+
+    api = _Api(lambda: service, "/api", None)
+    try:
+        sock = bind_unix_socket(os.fspath(path), mode=0o600)
+    except OSError as exc:
+        api.close()
+        raise BadInput(f"cannot listen on {path}: {exc.strerror or exc}", path=str(path)) from None
+    return HttpServer(api, "unix", [sock], None)

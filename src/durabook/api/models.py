@@ -24,6 +24,8 @@ from ..models import InstanceStatus, InstanceSummary, RunResult, Status
 
 __all__ = [
     "CreateRequest",
+    "CronPreview",
+    "CronPreviewRequest",
     "EventReply",
     "EventRequest",
     "Health",
@@ -136,6 +138,7 @@ class ListRequest(Request):
     tenant: str | None = Field(default=None, max_length=64)
     workflow: str | None = Field(default=None, max_length=256)
     schedule: str | None = Field(default=None, max_length=64)
+    notebook: str | None = Field(default=None, max_length=4096)  # the path, as stored
     limit: int = Field(default=100, ge=1, le=10_000)
     cursor: str | None = Field(default=None, max_length=200)
 
@@ -251,6 +254,20 @@ class ScheduleInfo(BaseModel):
 
 class ScheduleRunsRequest(NameRequest):
     limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class CronPreviewRequest(Request):
+    """What a schedule form shows before anything is stored."""
+
+    cron: str = Field(min_length=1, max_length=200)
+    tz: str = Field(default="UTC", min_length=1, max_length=64)
+    count: int = Field(default=5, ge=1, le=50)
+
+
+class CronPreview(BaseModel):
+    cron: str
+    tz: str
+    next_fires: list[datetime]  # UTC, under the scheduler's DST rules
 
 
 # replies that are core records, re-exported for the adapters

@@ -30,6 +30,8 @@ from ..errors import BadInput, EngineBusy, InvalidNotebook
 from ..models import Status
 from .models import (
     CreateRequest,
+    CronPreview,
+    CronPreviewRequest,
     EventReply,
     EventRequest,
     Health,
@@ -368,6 +370,9 @@ ROUTES: list[Route] = [
           call=lambda c: c.service.schedule_list()),
     Route("POST", "/schedules", "schedule_add", "Add a schedule", ScheduleInfo, ScheduleSpec,
           status=(201,), call=_schedule_add),
+    Route("GET", "/cron", "schedule_preview", "The next fire times of a cron expression",
+          CronPreview, query=CronPreviewRequest,
+          call=lambda c: c.service.schedule_preview(c.query)),
     Route("GET", _S, "schedule_get", "A schedule", ScheduleInfo,
           call=_verb("schedule_get", _by_name)),
     Route("DELETE", _S, "schedule_remove", "Remove a schedule", ScheduleInfo,

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidState
@@ -29,6 +30,8 @@ from ..models import InstanceStatus, RunResult, Status
 from ..progress import CellEvent, Progress
 from .models import (
     CreateRequest,
+    CronPreview,
+    CronPreviewRequest,
     EventReply,
     EventRequest,
     Health,
@@ -80,6 +83,10 @@ class Service:
         self.engine = engine
         self.dispatcher = dispatcher
         self.scheduler = scheduler
+        # who hosts it: "serve", "jupyter" (JupyterLab's server extension) or "cli";
+        # on_handoff: set by a host that gives the home up to a `durabook serve`
+        self.host = "serve" if dispatcher is not None else "cli"
+        self.on_handoff: Callable[[], None] | None = None
 
     @property
     def home(self) -> Any:
@@ -225,6 +232,7 @@ class Service:
             workflow=req.workflow,
             schedule=req.schedule,
             cursor=req.cursor,
+            notebook=req.notebook,
         )
         return InstancePage(items=items, next_cursor=nxt)
 
@@ -333,6 +341,16 @@ class Service:
     def schedule_remove(self, req: NameRequest) -> ScheduleInfo:
         return self._schedules().remove(req.name)
 
+    def schedule_preview(self, req: CronPreviewRequest) -> CronPreview:
+        """The next fire times of a cron expression in a zone (nothing is stored)."""
+        from itertools import islice
+
+        from ..scheduler import fire_times, parse_cron
+
+        cron = parse_cron(req.cron)
+        fires = list(islice(fire_times(cron, req.tz, datetime.now(timezone.utc)), req.count))
+        return CronPreview(cron=cron, tz=req.tz, next_fires=fires)
+
     def schedule_runs(self, req: ScheduleRunsRequest) -> InstancePage:
         self._schedules().get(req.name)  # unknown: say so
         return self.list(ListRequest(schedule=req.name, limit=req.limit))
@@ -384,4 +402,5 @@ VERBS: dict[str, Verb] = {
     "schedule_unpause": Verb(NameRequest, ScheduleInfo),
     "schedule_remove": Verb(NameRequest, ScheduleInfo),
     "schedule_runs": Verb(ScheduleRunsRequest, InstancePage, read_only=True),
+    "schedule_preview": Verb(CronPreviewRequest, CronPreview, read_only=True),
 }
