@@ -89,6 +89,12 @@ def _shot(page: Any, name: str) -> Path:
 
 def test_schedule_form_previews_and_adds(page: Any, lab: Lab) -> None:
     _open(page, lab, "tick.ipynb")
+    # looking makes no home: a folder never used with durabook stays as it was
+    _sidebar(page, "Runs")
+    note = page.locator('.jp-durabook-engine[data-mode="idle"]')
+    assert "starts with the first durable run" in note.inner_text(timeout=T)
+    page.wait_for_timeout(2500)  # a poll of the panel and of the notebook's badges
+    assert not lab.home.exists()
     page.locator(f"{NB} .jp-durabook-schedule-button").click()
     form = page.locator(".jp-durabook-schedule-form")
     form.wait_for(timeout=T)

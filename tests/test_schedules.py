@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -561,3 +562,44 @@ def test_a_full_disk_at_add_is_storage_full(
     monkeypatch.setattr(engine.writer, "call", full)
     with pytest.raises(StorageFull, match="no space left"):
         s.add(spec(nb, "daily", "0 6 * * *"))
+
+
+def test_queued_runs_of_a_queue_schedule_never_start_together_after_a_restart(
+    home: Path, tmp_path: Path
+) -> None:
+    """Runs a killed engine left queued start one at a time under the next engine: the
+    schedule's limit is known before the dispatcher takes anything."""
+    from durabook.api.models import CreateRequest
+    from durabook.api.service import Service
+    from durabook.dispatcher import Limits
+    from durabook.serve import start
+
+    spans = tmp_path / "spans"
+    nb = write_nb(
+        tmp_path / "span.ipynb",
+        [
+            "import time\nt0 = time.time()\ntime.sleep(0.3)\n"
+            f"open({str(spans)!r}, 'a').write(f'{{t0}} {{time.time()}}\\n')"
+        ],
+    )
+    eng = Engine(home)
+    try:
+        svc = Service(eng)
+        svc.schedule_add(
+            ScheduleSpec(name="q", notebook=str(nb), cron="0 0 1 1 *", overlap="queue")
+        )
+        for i in range(3):  # what a killed engine's dispatcher had not taken yet
+            svc.create(CreateRequest(notebook=str(nb), id=f"q{i}", workflow="schedule:q"))
+        served = start(eng, Limits(concurrency=3))
+        try:
+            deadline = time.monotonic() + 90
+            while len(spans.read_text().splitlines() if spans.exists() else []) < 3:
+                assert time.monotonic() < deadline, "the queued runs did not complete"
+                time.sleep(0.1)
+        finally:
+            served.close()
+    finally:
+        eng.close()
+    runs = sorted(tuple(map(float, line.split())) for line in spans.read_text().splitlines())
+    for (_, end), (begin, _) in itertools.pairwise(runs):
+        assert begin >= end, f"two runs of a queue schedule at once: {runs}"

@@ -136,12 +136,14 @@ export class RunsPanel extends Widget {
 
   async refresh(): Promise<void> {
     try {
-      const [info, page] = await Promise.all([
-        engineInfo(),
-        api.list({ status: this.status || undefined, limit: 200 })
-      ]);
+      const info = await engineInfo();
       this.info = info;
       this.note.replaceChildren(engineNote(info));
+      // idle: no home yet, and looking must not make one
+      const page =
+        info.mode === 'idle'
+          ? { items: [] }
+          : await api.list({ status: this.status || undefined, limit: 200 });
       this.rows = new Map(page.items.map(i => [i.id, i]));
       this.error.textContent = '';
     } catch (e) {

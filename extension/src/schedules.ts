@@ -5,7 +5,7 @@
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { ScheduleInfo, api, basename, h, when } from './api';
+import { ScheduleInfo, api, basename, engineInfo, h, when } from './api';
 import { describeCron } from './forms';
 import { IRunActions } from './runs';
 
@@ -58,7 +58,8 @@ export class SchedulesPanel extends Widget {
   async refresh(): Promise<void> {
     let items: ScheduleInfo[];
     try {
-      items = await api.schedules();
+      const idle = (await engineInfo(5000)).mode === 'idle'; // no home yet: none to list
+      items = idle ? [] : await api.schedules();
       this.error.textContent = '';
     } catch (e) {
       this.error.textContent = String((e as Error).message ?? e);

@@ -421,12 +421,17 @@ class Scheduler:
             self._cv.notify_all()
 
     # -- the thread ------------------------------------------------------------------------
-    def start(self) -> None:
-        """Limit ``queue`` schedules' workflows, catch up once, then fire on time."""
+    def limit_workflows(self) -> None:
+        """``queue`` schedules run one at a time: tell the dispatcher, before it takes
+        any of their instances left queued by a previous engine."""
         if self.dispatcher is not None:
             for row in self._rows():
                 if row["overlap"] == "queue":
                     self.dispatcher.set_workflow_limit(_workflow(row["name"]), 1)
+
+    def start(self) -> None:
+        """Limit ``queue`` schedules' workflows, catch up once, then fire on time."""
+        self.limit_workflows()
         self.catch_up(self.clock())
         self._thread = threading.Thread(target=self._loop, name="durabook-cron", daemon=True)
         self._thread.start()

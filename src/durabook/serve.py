@@ -79,12 +79,16 @@ def start(
     served = Served(eng, service, dispatcher, timers)
     if notifier is not None:
         served.closers.append(notifier.close)
-    dispatcher.start()
-    timers.start()
     if schedules:
         from .scheduler import Scheduler
 
         served.scheduler = service.scheduler = Scheduler(eng, dispatcher)
+        # before the dispatcher starts: a `queue` schedule's runs left queued by a killed
+        # engine must not start side by side in the moment before its limit is known
+        served.scheduler.limit_workflows()
+    dispatcher.start()
+    timers.start()
+    if served.scheduler is not None:
         served.scheduler.start()
     return served
 
