@@ -286,7 +286,7 @@ def test_scheduled_run_appears(page: Any, lab: Lab) -> None:
     _sidebar(page, "Schedules")
     card = page.locator('.jp-durabook-schedule[data-name="tick-every-minute"]')
     card.wait_for(timeout=T)
-    assert "next:" in card.locator(".jp-durabook-next").inner_text()
+    assert "next (Europe/Paris):" in card.locator(".jp-durabook-next").inner_text()
     card.locator('[data-action="runs"]').click()
     page.locator(f'.jp-durabook-schedule-runs li[data-id="{iid}"]').wait_for(timeout=T)
     _shot(page, "schedules")

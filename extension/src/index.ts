@@ -108,11 +108,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return panel;
     };
 
-    const runDurably = async (panel: NotebookPanel) => {
+    /** The engine reads the file: what the user sees must be on disk first. */
+    const saved = async (panel: NotebookPanel) => {
       await panel.context.ready;
       if (panel.context.model.dirty) {
         await panel.context.save();
       }
+    };
+
+    const runDurably = async (panel: NotebookPanel) => {
+      await saved(panel);
       const req = await runDialog(panel.context.path, parametersOf(panel));
       if (!req) {
         return;
@@ -131,10 +136,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
 
     const schedule = async (panel: NotebookPanel) => {
-      await panel.context.ready;
-      if (panel.context.model.dirty) {
-        await panel.context.save();
-      }
+      await saved(panel);
       const spec = await scheduleDialog(panel.context.path, parametersOf(panel));
       if (!spec) {
         return;
@@ -151,35 +153,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    /** ``fn`` on the notebook in front, its errors shown. */
+    const withCurrent = (what: string, fn: (panel: NotebookPanel) => Promise<unknown>) =>
+      guarded(what, async () => {
+        const panel = current();
+        if (panel) {
+          await fn(panel);
+        }
+      });
+
     app.commands.addCommand(CommandIDs.run, {
       label: 'Run durably',
       caption: 'Run this notebook as a durable workflow (each cell a checkpointed step)',
       icon: durabookIcon,
-      execute: guarded('run', async () => {
-        const panel = current();
-        if (panel) {
-          await runDurably(panel);
-        }
-      })
+      execute: withCurrent('run', runDurably)
     });
     app.commands.addCommand(CommandIDs.schedule, {
       label: 'Schedule notebook…',
       caption: 'Run this notebook on a cron schedule',
-      execute: guarded('schedule', async () => {
-        const panel = current();
-        if (panel) {
-          await schedule(panel);
-        }
-      })
+      execute: withCurrent('schedule', schedule)
     });
     app.commands.addCommand(CommandIDs.resume, {
       label: 'Resume durable run from the failed cell',
-      execute: guarded('resume', async () => {
-        const panel = current();
-        if (panel) {
-          await badges.get(panel)?.resume();
-        }
-      })
+      execute: withCurrent('resume', async panel => badges.get(panel)?.resume())
     });
     app.commands.addCommand(CommandIDs.openRuns, {
       label: 'Show durable runs',
@@ -211,12 +207,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     }
 
-    const schedules = new SchedulesPanel(actions, guarded('schedule', async () => {
-      const panel = current();
-      if (panel) {
-        await schedule(panel);
-      }
-    }));
+    const schedules = new SchedulesPanel(actions, withCurrent('schedule', schedule));
     const sidebar = new TabPanel();
     sidebar.id = 'durabook-sidebar';
     sidebar.addClass('jp-durabook-sidebar');

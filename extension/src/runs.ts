@@ -3,7 +3,7 @@
  * and tenant; filters by status and notebook; polled while visible; actions
  * pause, unpause, terminate, restart and send event.
  */
-import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import {
@@ -18,6 +18,7 @@ import {
   engineInfo,
   h
 } from './api';
+import { PolledPanel } from './polled';
 
 const POLL_MS = 2000;
 
@@ -62,10 +63,9 @@ export function engineNote(info: EngineInfo | null): HTMLElement {
   );
 }
 
-export class RunsPanel extends Widget {
+export class RunsPanel extends PolledPanel {
   private status = '';
   private notebook = '';
-  private timer = 0;
   private rows = new Map<string, InstanceSummary>();
   private table: HTMLElement;
   private note: HTMLElement;
@@ -73,7 +73,7 @@ export class RunsPanel extends Widget {
   info: EngineInfo | null = null;
 
   constructor(private actions: IRunActions) {
-    super();
+    super(POLL_MS);
     this.addClass('jp-durabook-runs');
     this.title.label = 'Runs';
     const statusSelect = h(
@@ -115,25 +115,6 @@ export class RunsPanel extends Widget {
     );
   }
 
-  protected onAfterShow(): void {
-    void this.refresh();
-    this.timer = window.setInterval(() => void this.refresh(), POLL_MS);
-  }
-
-  protected onBeforeHide(): void {
-    window.clearInterval(this.timer);
-  }
-
-  protected onAfterAttach(): void {
-    if (this.isVisible) {
-      this.onAfterShow();
-    }
-  }
-
-  protected onBeforeDetach(): void {
-    window.clearInterval(this.timer);
-  }
-
   async refresh(): Promise<void> {
     try {
       const info = await engineInfo();
@@ -168,25 +149,7 @@ export class RunsPanel extends Widget {
   private row(i: InstanceSummary): HTMLElement {
     const end = LIVE.includes(i.status) ? Date.now() : Date.parse(i.updated_at);
     const took = end - Date.parse(i.created_at);
-    const act = (label: string, title: string, fn: () => Promise<unknown>) =>
-      h(
-        'button',
-        {
-          class: 'jp-durabook-action',
-          'data-action': label,
-          title,
-          onclick: async (e: Event) => {
-            e.stopPropagation();
-            try {
-              await fn();
-            } catch (err) {
-              void showErrorMessage(`durabook: ${label} failed`, String((err as Error).message ?? err));
-            }
-            void this.refresh();
-          }
-        },
-        label
-      );
+    const act = this.action.bind(this);
     const actions: HTMLElement[] = [];
     if (['queued', 'running', 'sleeping', 'waiting'].includes(i.status)) {
       actions.push(act('pause', 'Pause (a running one after its current cell)', () => api.lifecycle(i.id, 'pause')));

@@ -2,17 +2,16 @@
  * The Schedules view: schedules with their next fire times; add, pause, unpause,
  * remove; the runs each one fired.
  */
-import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
-import { Widget } from '@lumino/widgets';
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 
 import { ScheduleInfo, api, basename, engineInfo, h, when } from './api';
-import { describeCron } from './forms';
+import { describeCron, inZone } from './forms';
+import { PolledPanel } from './polled';
 import { IRunActions } from './runs';
 
 const POLL_MS = 5000;
 
-export class SchedulesPanel extends Widget {
-  private timer = 0;
+export class SchedulesPanel extends PolledPanel {
   private list: HTMLElement;
   private error: HTMLElement;
   private open = new Set<string>();
@@ -21,7 +20,7 @@ export class SchedulesPanel extends Widget {
     private actions: IRunActions,
     private addSchedule: () => Promise<void>
   ) {
-    super();
+    super(POLL_MS);
     this.addClass('jp-durabook-schedules');
     this.title.label = 'Schedules';
     this.error = h('div', { class: 'jp-durabook-error' });
@@ -46,15 +45,6 @@ export class SchedulesPanel extends Widget {
     );
   }
 
-  protected onAfterShow(): void {
-    void this.refresh();
-    this.timer = window.setInterval(() => void this.refresh(), POLL_MS);
-  }
-
-  protected onBeforeHide(): void {
-    window.clearInterval(this.timer);
-  }
-
   async refresh(): Promise<void> {
     let items: ScheduleInfo[];
     try {
@@ -74,23 +64,7 @@ export class SchedulesPanel extends Widget {
   }
 
   private async card(s: ScheduleInfo): Promise<HTMLElement> {
-    const op = (label: string, fn: () => Promise<unknown>) =>
-      h(
-        'button',
-        {
-          class: 'jp-durabook-action',
-          'data-action': label,
-          onclick: async () => {
-            try {
-              await fn();
-            } catch (e) {
-              void showErrorMessage(`durabook: ${label} failed`, String((e as Error).message ?? e));
-            }
-            void this.refresh();
-          }
-        },
-        label
-      );
+    const op = (label: string, fn: () => Promise<unknown>) => this.action(label, label, fn);
     const runs = h('div', { class: 'jp-durabook-schedule-runs' });
     if (this.open.has(s.name)) {
       try {
@@ -123,7 +97,7 @@ export class SchedulesPanel extends Widget {
       h(
         'div',
         { class: 'jp-durabook-next' },
-        s.paused ? 'paused: no fires' : `next: ${s.next_fires.map(when).join(', ') || '—'}`
+        s.paused ? 'paused: no fires' : `next (${s.tz}): ${s.next_fires.map(f => inZone(f, s.tz)).join(', ') || '—'}`
       ),
       h(
         'div',
