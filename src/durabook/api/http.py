@@ -103,6 +103,16 @@ def _too_large(limit: int) -> _Refused:
     return _Refused(413, "too_large", f"the body is over {limit} bytes ({MAX_BODY_ENV})")
 
 
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    503: "engine_busy",
+}
+
+
 def _error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(HTTP status, the error object) of anything a handler raised."""
     if isinstance(exc, _Refused):
@@ -111,10 +121,7 @@ def _error(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return ERROR_CODES.get(exc.code.value, 500), exc.to_dict()
     if isinstance(exc, HTTPError):  # tornado's own (a path that is not UTF-8, ...)
         status = exc.status_code
-        code = "bad_input" if status < 500 else "internal"
-        code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status, code)
-        code = {503: "engine_busy"}.get(status, code)
-        code = {405: "method_not_allowed", 413: "too_large"}.get(status, code)
+        code = _HTTP_CODES.get(status, "bad_input" if status < 500 else "internal")
         return status, {"code": code, "message": exc.log_message or exc.reason or str(status)}
     return 500, {"code": "internal", "message": "internal error (the engine logged it)"}
 
