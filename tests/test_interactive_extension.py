@@ -86,6 +86,8 @@ def test_cells_run_by_hand_are_checkpointed_and_restorable(home: Path, kernels: 
     st = client.status(iid)
     assert st.status == Status.RUNNING
     assert [c.status.value for c in st.cells] == ["committed", "committed", "committed", "failed"]
+    # metered as in batch runs: each cell's CPU seconds and peak memory
+    assert all(c.cpu_s is not None and c.peak_rss_bytes for c in st.cells[1:])
 
     # the kernel dies; a new one gets the session's variables back
     os.kill(km.provisioner.process.pid, signal.SIGKILL)

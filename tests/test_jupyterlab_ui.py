@@ -139,6 +139,9 @@ def test_run_fail_edit_resume(page: Any, lab: Lab) -> None:
     assert view.locator(".jp-durabook-cell-failed").count() == 1
     assert view.locator(".jp-durabook-cell-committed").count() >= 2
     assert view.locator(".jp-durabook-cell-pending").count() == 1
+    heads = view.locator(".jp-durabook-timeline thead").inner_text()
+    assert "CPU" in heads and "memory" in heads  # metered cells
+    assert "MB" in view.locator(".jp-durabook-cell-committed").first.inner_text()
     _shot(page, "run-view")
 
     # visual resume: open it at the failed cell, edit the cell, resume from it

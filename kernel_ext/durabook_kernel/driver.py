@@ -32,6 +32,7 @@ from . import primitives
 from .blobs import BlobStore
 from .capture import OutputCapture
 from .journal import JournalWriter
+from .meter import CellMeter
 
 __all__ = ["OUTPUTS_INLINE_LIMIT", "STEP_MSG", "drive"]
 
@@ -207,10 +208,13 @@ async def _run_one(
     key = {"index": index, "id": cell.get("id"), "hash": cell.get("hash")}
     started = time.time()
     journal.append({"t": "start", **key, "at": started}, durable=False)
+    meter = CellMeter()
+    meter.start()
     t0 = time.perf_counter()
     ctx.start_cell(index, cell["source"])
     result = await _run_source(shell, cell["source"], cell.get("id"), silent=False)
     _flush()
+    usage = meter.stop()  # the cell's own cost, before the checkpoint's
     outputs = capture.take() if capture is not None else []
     if isinstance(result.error_in_exec, primitives.Suspend):
         # the cell runs again from its top on resume: its outputs so far are not kept
@@ -223,6 +227,7 @@ async def _run_one(
         **key,
         "execution_count": result.execution_count,
         "started_at": started,
+        **usage,
     }
     exit_ok = _clean_exit(result)
     if result.success or exit_ok:

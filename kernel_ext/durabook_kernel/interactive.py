@@ -19,6 +19,7 @@ from typing import Any
 
 from . import wire
 from .blobs import BlobStore
+from .meter import CellMeter
 
 __all__ = ["InteractiveSession", "durabook_magic"]
 
@@ -69,6 +70,7 @@ class InteractiveSession:
         self._started = time.time()
         self._t0 = time.perf_counter()
         self._cell_id: str | None = None
+        self._meter = CellMeter()
 
     def connect(self) -> None:
         if self.sock is not None:
@@ -87,6 +89,7 @@ class InteractiveSession:
 
     def pre_run_cell(self, info: Any) -> None:
         self._started = time.time()
+        self._meter.start()
         self._t0 = time.perf_counter()
         self._cell_id = getattr(info, "cell_id", None)
 
@@ -111,6 +114,7 @@ class InteractiveSession:
             "execution_count": result.execution_count,
             "started_at": self._started,
             "duration_ms": (time.perf_counter() - self._t0) * 1000.0,
+            **self._meter.stop(),
         }
         if result.success:
             step["status"] = "ok"

@@ -140,6 +140,8 @@ def step_record(
         attempt=attempt,
         started_at=when.replace(tzinfo=None),
         duration_ms=float(content.get("duration_ms") or 0.0),
+        cpu_s=content.get("cpu_s"),
+        peak_rss_bytes=content.get("peak_rss_bytes"),
         execution_count=content.get("execution_count"),
         vars={k: VarRef(**v) for k, v in manifest.get("vars", {}).items()},
         deleted=manifest.get("deleted", []),

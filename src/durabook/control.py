@@ -124,6 +124,8 @@ class _Step(BaseModel):
     execution_count: int | None = None
     started_at: float | None = None
     duration_ms: float | None = None
+    cpu_s: float | None = Field(default=None, ge=0)
+    peak_rss_bytes: int | None = Field(default=None, ge=0)
     manifest: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] | None = None
     error: dict[str, Any] | None = None

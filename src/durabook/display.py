@@ -93,6 +93,10 @@ def print_status(st: InstanceStatus) -> None:
         print(f"  failed at cell {st.failed_cell}: {st.error.ename}: {st.error.evalue}")
     for c in st.cells:
         dur = f"{c.duration_ms:9.1f} ms" if c.duration_ms is not None else " " * 12
+        cost = ""
+        if c.cpu_s is not None and c.peak_rss_bytes is not None:
+            cost = f" {c.cpu_s:7.2f} s cpu {c.peak_rss_bytes / 2**20:7.1f} MiB"
+        dur += cost
         name = f"  step {c.name!r}" if c.name else ""
         extra = ""
         if c.unserializable:

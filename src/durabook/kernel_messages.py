@@ -90,6 +90,8 @@ class CellRecord(_Keyed):
     status: Literal["ok", "error", "exit"]
     started_at: float | None = None
     duration_ms: float | None = None
+    cpu_s: float | None = Field(default=None, ge=0)
+    peak_rss_bytes: int | None = Field(default=None, ge=0)
     execution_count: int | None = None
     outputs: list[dict[str, Any]] | None = None
     outputs_blob: str | None = Field(default=None, pattern=_DIGEST)

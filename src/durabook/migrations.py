@@ -130,4 +130,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "metering: CPU seconds and peak memory of each cell's attempt",
+        """
+        ALTER TABLE steps ADD COLUMN cpu_s DOUBLE;
+        ALTER TABLE steps ADD COLUMN peak_rss_bytes BIGINT;
+        """,
+    ),
 ]

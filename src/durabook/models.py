@@ -88,6 +88,8 @@ class StepRecord(BaseModel):
     attempt: int
     started_at: datetime
     duration_ms: float
+    cpu_s: float | None = None  # the kernel's CPU time (and its children's) for the cell
+    peak_rss_bytes: int | None = None  # the kernel's peak resident memory during the cell
     execution_count: int | None = None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     vars: dict[str, VarRef] = Field(default_factory=dict)
@@ -104,6 +106,8 @@ class Attempt(BaseModel):
     status: CellStatus
     started_at: datetime | None = None
     duration_ms: float | None = None
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
     error: ErrorInfo | None = None  # with retry_in_s when a retry followed
 
 
@@ -114,6 +118,8 @@ class CellState(BaseModel):
     attempts: int = 0
     started_at: datetime | None = None
     duration_ms: float | None = None
+    cpu_s: float | None = None  # the latest attempt's CPU seconds, where metered
+    peak_rss_bytes: int | None = None  # the latest attempt's peak memory, where metered
     name: str | None = None  # the %%step name
     error: ErrorInfo | None = None  # the latest attempt's, when it failed
     unserializable: dict[str, UnserializableVar] = Field(default_factory=dict)

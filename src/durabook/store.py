@@ -45,7 +45,8 @@ _INSTANCE_COLS = (
 )
 _STEP_COLS = (
     "instance_id, idx, seq, cell_id, source_hash, status, attempt, started_at, duration_ms, "
-    "execution_count, outputs, outputs_blob, state, error, replay, source, rid"
+    "execution_count, outputs, outputs_blob, state, error, replay, cpu_s, peak_rss_bytes, "
+    "source, rid"  # rid last: insert_new_steps reads it there
 )
 
 
@@ -256,6 +257,8 @@ class Store:
             state,
             step.error.model_dump_json() if step.error else None,
             step.replay,
+            step.cpu_s,
+            step.peak_rss_bytes,
             source,
             rid,
         )
@@ -371,6 +374,8 @@ class Store:
                     status=CellStatus(r["status"]),
                     started_at=_aware(r["started_at"]) if r["started_at"] else None,
                     duration_ms=r["duration_ms"],
+                    cpu_s=r["cpu_s"],
+                    peak_rss_bytes=r["peak_rss_bytes"],
                     error=ErrorInfo(**json.loads(r["error"])) if r["error"] else None,
                 )
                 for r in rows
@@ -410,6 +415,8 @@ class Store:
                     started_at=latest.started_at,
                     error=latest.error,
                     duration_ms=latest.duration_ms,
+                    cpu_s=latest.cpu_s,
+                    peak_rss_bytes=latest.peak_rss_bytes,
                     name=names.get(index),
                     unserializable=unser,
                     history=history,
