@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-auth", action="store_true", help="no token (loopback only)")
     sv.add_argument("--webhook", help="URL told (POST) of instances that complete, fail or wait")
 
+    sub.add_parser("doctor", help="what this machine and home give durabook, one line each")
+
     ls = sub.add_parser("list", help="instances, newest first")
     ls.add_argument("--status")
     ls.add_argument("--tenant")
@@ -462,6 +464,11 @@ def _wait(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from .remote import open_engine
 
+    if args.command == "doctor":
+        from .doctor import main as doctor
+        from .home import resolve_home
+
+        return doctor(resolve_home(args.home))
     if args.command == "serve":
         from .serve_cli import serve_command
 
