@@ -109,3 +109,19 @@ def test_blobs_are_content_addressed_and_atomic(tmp_path: Path):
     assert blobs.get(key) == b"hello"
     files = [p for p in (tmp_path / "b").rglob("*") if p.is_file()]
     assert [p.name for p in files] == [key]  # no temporary file left behind
+
+
+def test_a_store_file_being_made_by_another_process_is_busy_not_broken(tmp_path: Path) -> None:
+    """Opened between its creation and its header (many processes starting on a new
+    home): busy, so the opener waits; the same file still invalid later is an error."""
+    import os
+    import time
+
+    path = tmp_path / "durabook.duckdb"
+    path.write_bytes(b"\0" * 100)  # what a reader may see before DuckDB wrote a header
+    with pytest.raises(EngineBusy):
+        Store(path)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
+        Store(path)

@@ -73,7 +73,7 @@ class Store:
             return duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             m = _LOCK_PID.search(str(exc))
-            if m is None and "lock" not in str(exc).lower():
+            if m is None and "lock" not in str(exc).lower() and not self._being_made(exc):
                 raise
             owner = f" (pid {m.group(1)})" if m else ""
             raise EngineBusy(
@@ -81,6 +81,17 @@ class Store:
                 path=str(self.path),
                 pid=int(m.group(1)) if m else None,
             ) from None
+
+    def _being_made(self, exc: Exception) -> bool:
+        """Another process is creating the store this very moment: DuckDB has made the
+        file but not yet written its header (seen with 8 processes starting at once on a
+        new home). A file that stays invalid is refused as it is."""
+        if "not a valid DuckDB database file" not in str(exc):
+            return False
+        try:
+            return time.time() - self.path.stat().st_mtime < 5.0
+        except OSError:
+            return True  # gone again: its maker gave up; the next try decides
 
     def reopen(self) -> None:
         """After a fatal DuckDB error (a checkpoint that hit a full disk invalidates the
