@@ -76,7 +76,3 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     from pathlib import Path
 
     return [{"src": str(Path(__file__).parent / "labextension"), "dest": "durabook"}]
-
-
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "durabook.jupyter"}]

@@ -14,6 +14,7 @@ additions pass through, but every field the engine reads has a checked type.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -119,28 +120,26 @@ def _short(exc: ValidationError) -> str:
     return f"{where}: {e['msg']}"
 
 
+def _fits(validate: Callable[[Any], Any], value: Any, what: str) -> Any:
+    try:
+        return validate(value)
+    except ValidationError as exc:
+        raise BadKernelMessage(f"{what} does not fit: {_short(exc)}") from None
+
+
 def check_record(record: Any) -> dict[str, Any]:
     """A journal record, checked (records of unknown kinds are refused too)."""
-    try:
-        _RECORD.validate_python(record)
-    except ValidationError as exc:
-        raise BadKernelMessage(f"a journal record does not fit: {_short(exc)}") from None
+    _fits(_RECORD.validate_python, record, "a journal record")
     return dict(record)
 
 
 def check_step_message(content: Any) -> dict[str, Any]:
-    try:
-        StepMessage.model_validate(content)
-    except ValidationError as exc:
-        raise BadKernelMessage(f"a durabook_step message does not fit: {_short(exc)}") from None
+    _fits(StepMessage.model_validate, content, "a durabook_step message")
     return dict(content)
 
 
 def check_suspension(request: Any) -> dict[str, Any]:
-    try:
-        req = Suspension.model_validate(request)
-    except ValidationError as exc:
-        raise BadKernelMessage(f"a suspension request does not fit: {_short(exc)}") from None
+    req = _fits(Suspension.model_validate, request, "a suspension request")
     if req.kind == "wait" and req.event is None:
         raise BadKernelMessage("a wait must name its event")
     return dict(request)

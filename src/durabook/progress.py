@@ -144,18 +144,22 @@ class Hub:
 
     def publish(self, instance_id: str, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        event = {**event, "id": instance_id}
         with self._lock:
-            if kind == "output":
+            if kind == "output":  # kept for followers that come later (nobody may follow yet)
+                event = {**event, "id": instance_id}
                 live = self._live.get(instance_id)
                 if live is None:
                     live = self._live[instance_id] = collections.deque(maxlen=LIVE_BACKLOG)
                 live.append(event)
-            elif kind in ("executed", "status", "done"):
+            elif kind in ("executed", "status", "done") and self._live:
                 self._live.pop(instance_id, None)
             if not self._subs:
-                return
+                return  # the common case: no follower, nothing copied
             targets = [*self._subs.get(instance_id, ()), *self._subs.get(None, ())]
+        if not targets:
+            return
+        if kind != "output":
+            event = {**event, "id": instance_id}
         for sub in targets:
             sub.put(event)
 
