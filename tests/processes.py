@@ -48,8 +48,16 @@ def cmdline(pid: int) -> list[str]:
 
 
 def kernels_of(runner_pid: int) -> list[int]:
-    """The ipykernel child processes of a `durabook run` process."""
-    return [p for p in children(runner_pid) if "ipykernel_launcher" in cmdline(p)]
+    """The kernel processes of a `durabook run` process: its ipykernel children, and
+    the children of its kernel zygote (forked kernels)."""
+    found = []
+    for p in children(runner_pid):
+        argv = cmdline(p)
+        if "ipykernel_launcher" in argv:
+            found.append(p)
+        elif "durabook_kernel.zygote" in argv:
+            found.extend(children(p))
+    return found
 
 
 def kernel_of(runner_pid: int, timeout: float = 30) -> int:

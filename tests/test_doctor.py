@@ -4,18 +4,23 @@ and exits 1 when something stands in the way."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from durabook_kernel.wire import connect
 
 BIN = str(Path(sys.executable).parent)
 
 
-def _doctor(home: Path, path: str = BIN) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DURABOOK_HOME": str(home), "PATH": path}
+def _doctor(
+    home: Path, path: str = BIN, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DURABOOK_HOME": str(home), "PATH": path, **(extra_env or {})}
     return subprocess.run(
         [sys.executable, "-m", "durabook", "doctor"],
         capture_output=True,
@@ -37,11 +42,15 @@ def test_a_new_home_without_bubblewrap(tmp_path: Path) -> None:
         "sockets",
         "kernel",
         "isolation",
+        "limits",
         "jupyterlab",
     ]
     assert "isolation: reduced (bubblewrap not found)" in lines
     assert f"home: {home} (made by the first run)" in lines
     assert "engine: none running" in out.stdout
+    assert "limits: processes 256, files 4096 (maximums: none; sandboxed: runs with a tenant" in (
+        out.stdout
+    )
     assert not home.exists()  # looking makes nothing
 
 
@@ -78,3 +87,23 @@ def test_a_home_others_may_write_is_a_problem(tmp_path: Path) -> None:
     out = _doctor(home)
     assert out.returncode == 1
     assert "lets other users write into it" in out.stdout
+
+
+def test_limits_settings_are_shown_and_checked(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"DURABOOK_LIMITS": "memory=2G", "DURABOOK_MAX_LIMITS": "memory=8G,cpu_seconds=1h"}
+    out = _doctor(home, extra_env=env)
+    # no default CPU limit, yet a maximum: runs that ask nothing get the maximum
+    assert "limits: memory 2G, cpu 3600 s, processes 256, files 4096 (maximums: memory 8G" in (
+        out.stdout
+    )
+    out = _doctor(home, extra_env={"DURABOOK_LIMITS": "memory=lots"})
+    assert out.returncode == 1 and "limits: invalid setting (DURABOOK_LIMITS: memory" in out.stdout
+
+
+def test_a_real_bubblewrap_is_tried(tmp_path: Path) -> None:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap is not installed")
+    out = _doctor(tmp_path / "home", f"{Path(bwrap).parent}{os.pathsep}{BIN}")
+    assert f"isolation: available ({bwrap})" in out.stdout, out.stdout

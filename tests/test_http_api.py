@@ -334,7 +334,7 @@ def test_openapi_lists_every_route_and_its_schemas_resolve(api: Api) -> None:
         ("get", "/schedules"), ("post", "/schedules"), ("get", "/schedules/{name}"),
         ("delete", "/schedules/{name}"), ("post", "/schedules/{name}/pause"),
         ("post", "/schedules/{name}/unpause"), ("get", "/schedules/{name}/runs"),
-        ("get", "/cron"),
+        ("get", "/cron"), ("get", "/top"),
     }  # fmt: skip
     have = {(m, p.removeprefix("/api")) for p, ops in doc["paths"].items() for m in ops}
     assert have == want
@@ -343,6 +343,8 @@ def test_openapi_lists_every_route_and_its_schemas_resolve(api: Api) -> None:
     assert not {"env", "cwd", "output", "from_text"} & set(schemas["CreateBody"]["properties"])
     assert "token" in doc["components"]["securitySchemes"]
     assert doc["paths"]["/api/health"]["get"]["security"] == []
+    top = api.ok("GET", "/top")  # what `durabook top` shows, over HTTP
+    assert top["kernels"] == [] and top["pool_size"] >= 0
 
     def refs(node: Any) -> Iterator[str]:
         if isinstance(node, dict):

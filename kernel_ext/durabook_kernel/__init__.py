@@ -78,6 +78,15 @@ def extension_for(shell: Any) -> Extension:
     return ext
 
 
+def _become_subreaper() -> None:
+    """A run kernel adopts its orphaned descendants, so the engine's watchdog still
+    counts (and can end) a grandchild whose parent exited."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
 def _watch_parent() -> None:
     """Exit when the runner that started this kernel dies (its pipe reaches EOF)."""
     import os
@@ -86,6 +95,7 @@ def _watch_parent() -> None:
     fd = os.environ.pop("DURABOOK_PARENT_FD", None)
     if not fd:
         return
+    _become_subreaper()
 
     def wait() -> None:
         try:

@@ -84,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--tenant", help="whose instance: dispatch is fair between tenants")
         q.add_argument("--workflow", help="limits per workflow apply (default: the notebook)")
         q.add_argument("--webhook", help="URL told (POST) when the instance ends or waits")
+        q.add_argument("--memory", help="the kernel's memory limit, e.g. 512M or 2G")
+        q.add_argument("--cpu-seconds", help="the kernel's CPU time limit, e.g. 600 or 10m")
+        q.add_argument(
+            "--sandbox",
+            action="store_true",
+            default=None,
+            help="run in a private folder ($DURABOOK_HOME/work/ID) and, with bubblewrap, "
+            "namespaces (the default for runs with a tenant)",
+        )
+        q.add_argument(
+            "--network", action="store_true", help="a sandboxed kernel may use the network"
+        )
 
     wt = sub.add_parser("wait", help="follow an instance until it is final or suspended")
     wt.add_argument("id")
@@ -136,7 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, help="instances executing at once (default: the cores)"
     )
     sv.add_argument(
-        "--warm", type=int, default=1, help="kernels kept started for the next runs (default 1)"
+        "--warm",
+        type=int,
+        default=4,
+        help="kernels kept ready for the next runs, forked from a zygote (default 4)",
     )
     sv.add_argument("--per-tenant", type=int, help="at most this many of one tenant at once")
     sv.add_argument("--per-workflow", type=int, help="at most this many of one workflow at once")
@@ -147,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--webhook", help="URL told (POST) of instances that complete, fail or wait")
 
     sub.add_parser("doctor", help="what this machine and home give durabook, one line each")
+
+    tp = sub.add_parser("top", help="live table of running instances: cell, CPU, memory")
+    tp.add_argument("--once", action="store_true", help="print one table and exit")
+    tp.add_argument("--json", action="store_true", help="print the engine's reply, once")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
 
     ls = sub.add_parser("list", help="instances, newest first")
     ls.add_argument("--status")
@@ -171,6 +191,8 @@ _RUN_VALUE_FLAGS = (
     "--tenant",
     "--workflow",
     "--webhook",
+    "--memory",
+    "--cpu-seconds",
     "--cron",
     "--tz",
     "--overlap",
@@ -365,10 +387,16 @@ def _declared_env(path: str) -> list[str]:
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
+def _limits(args: argparse.Namespace) -> dict[str, str] | None:
+    asked = {"memory": args.memory, "cpu_seconds": args.cpu_seconds}
+    return {k: v for k, v in asked.items() if v is not None} or None
+
+
 def _create_request(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from .api.models import CreateRequest
+    from .kernels.limits import Limits
 
     try:
         return CreateRequest(
@@ -384,6 +412,9 @@ def _create_request(args: argparse.Namespace) -> Any:
             tenant=args.tenant,
             workflow=args.workflow,
             webhook=args.webhook,
+            limits=Limits.model_validate(asked) if (asked := _limits(args)) else None,
+            sandbox=args.sandbox,
+            network=args.network,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -469,6 +500,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .home import resolve_home
 
         return doctor(resolve_home(args.home))
+    if args.command == "top":
+        from .top import top_command
+
+        return top_command(args)
     if args.command == "serve":
         from .serve_cli import serve_command
 

@@ -86,10 +86,16 @@ class Client:
         workflow: str | None = None,
         webhook: str | None = None,
         env: dict[str, str] | None = None,
+        limits: dict[str, Any] | None = None,
+        sandbox: bool | None = None,
+        network: bool = False,
     ) -> InstanceRef:
         """Queue a notebook (a path, or ``notebook_json``) as a new instance and return
-        at once; ``durabook serve`` runs it (``wait`` follows it)."""
+        at once; ``durabook serve`` runs it (``wait`` follows it). ``limits``: e.g.
+        ``{"memory": "512M", "cpu_seconds": 600}``; ``sandbox``: a private folder and
+        namespaces (default: when ``tenant`` is given)."""
         from .api.models import CreateRequest
+        from .kernels.limits import Limits
 
         req = CreateRequest(
             notebook=str(os.path.abspath(notebook)) if notebook is not None else None,
@@ -101,6 +107,9 @@ class Client:
             workflow=workflow,
             webhook=webhook,
             env=env,
+            limits=Limits.model_validate(limits) if limits is not None else None,
+            sandbox=sandbox,
+            network=network,
         )
         with self.engine() as svc:
             return svc.create(req)
@@ -117,11 +126,15 @@ class Client:
         scan_all: bool = False,
         priority: int = 0,
         tenant: str | None = None,
+        limits: dict[str, Any] | None = None,
+        sandbox: bool | None = None,
+        network: bool = False,
     ) -> RunResult:
         """Run a notebook as a new instance to a final or suspended state. ``env``:
         variables its kernel gets beyond the scrubbed allow-list; ``scan_all``: look at
         every variable after every cell."""
         from .api.models import CreateRequest
+        from .kernels.limits import Limits
 
         req = CreateRequest(
             notebook=str(os.path.abspath(notebook)),
@@ -132,6 +145,9 @@ class Client:
             scan_all=scan_all,
             priority=priority,
             tenant=tenant,
+            limits=Limits.model_validate(limits) if limits is not None else None,
+            sandbox=sandbox,
+            network=network,
         )
         with self.engine() as svc:
             return svc.run(req, progress)

@@ -439,7 +439,7 @@ class ControlServer:
         except OSError:
             pass  # the client went away
         finally:
-            from .pool import close_thread_loop  # here: a client never imports the pool
+            from .kernels.pool import close_thread_loop  # here: a client never imports the pool
 
             close_thread_loop()
             conn.finish()

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import DurabookError
+from .kernels.pool import close_thread_loop
 from .models import Status
-from .pool import close_thread_loop
 from .progress import HubProgress
 
 if TYPE_CHECKING:

@@ -99,10 +99,35 @@ def _kernel() -> Check:
 
 
 def _isolation() -> Check:
+    import subprocess
+
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return Check("isolation", "reduced", "bubblewrap not found")
+    # the namespaces a sandboxed kernel gets: a kernel that forbids them shows it here
+    probe = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/"]
+    try:
+        out = subprocess.run([*probe, "true"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("isolation", "reduced", f"{bwrap} did not run: {exc}")
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        return Check("isolation", "reduced", f"bubblewrap cannot make namespaces here: {why}")
     return Check("isolation", "available", bwrap)
+
+
+def _limits() -> Check:
+    from .errors import BadInput
+    from .kernels.limits import operator_limits
+    from .kernels.sandbox import sandbox_default
+
+    try:
+        defaults, maximum = operator_limits()
+    except BadInput as exc:
+        return Check("limits", "invalid setting", exc.message, True)
+    mode = "every run" if sandbox_default() else "runs with a tenant or --sandbox"
+    detail = f"maximums: {maximum.describe()}; sandboxed: {mode}"
+    return Check("limits", defaults.describe(), detail)
 
 
 def _jupyterlab() -> Check:
@@ -124,6 +149,7 @@ def checks(home: Path) -> list[Check]:
         _runtime(),
         _kernel(),
         _isolation(),
+        _limits(),
         _jupyterlab(),
     ]
 

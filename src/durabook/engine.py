@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import stat
 import time
@@ -27,6 +26,10 @@ from .checkpoints import committed_prefix
 from .errors import BadInput, InvalidState, UnknownInstance, storage_full
 from .execution import Executor
 from .home import prepare_home, resolve_home, tighten
+from .kernels.limits import Limits, check_limits, resolve_limits
+from .kernels.pool import KernelPool, check_env, kernel_environment, pool_setting
+from .kernels.sandbox import sandbox_default
+from .kernels.watchdog import Watchdog
 from .lifecycle import Lifecycle
 from .models import (
     ErrorInfo,
@@ -42,7 +45,6 @@ from .notebook import (
     strip_injected,
     version_hash,
 )
-from .pool import KernelPool, kernel_environment
 from .progress import Hub, Progress
 from .recovery import Recovery
 from .sessions import INTERACTIVE, Sessions
@@ -73,23 +75,6 @@ def _proc_start(pid: int) -> int | None:
 
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_env(env: dict[str, str]) -> dict[str, str]:
-    """Variables a run declares for its kernel: names as POSIX shells allow, string values."""
-    if not isinstance(env, dict):
-        raise BadInput("env must map variable names to string values")
-    for name, value in env.items():
-        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
-            raise BadInput(f"invalid environment variable name {name!r}")
-        if not isinstance(value, str) or "\0" in value:
-            raise BadInput(f"the value of {name} must be a string without NUL bytes")
-    if sum(len(k) + len(v) for k, v in env.items()) > 1 << 20:
-        raise BadInput("the declared environment is over 1 MiB")
-    return dict(env)
 
 
 class _Exists(Exception):
@@ -123,7 +108,9 @@ class Engine:
     Status changes are told to ``listeners`` (a service's dispatcher, timers, webhooks).
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, pool_size: int = 0) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, pool_size: int | None = None
+    ) -> None:
         self.home = resolve_home(home)
         prepare_home(self.home)  # 0700, ours alone: see durabook.home
         self.store = Store(self.home / "durabook.duckdb")
@@ -132,7 +119,15 @@ class Engine:
         self.blobs = BlobStore(self.home / "blobs")
         env = kernel_environment()
         env["DURABOOK_HOME"] = str(self.home)  # a cell's own durabook.Client() finds this home
-        self.pool = KernelPool(pool_size, log_dir=self.home / "logs", env=env)
+        self.watchdog = Watchdog()  # memory, CPU, processes, disk of running kernels
+        self.pool = KernelPool(
+            pool_setting("DURABOOK_POOL_SIZE", 0) if pool_size is None else pool_size,
+            log_dir=self.home / "logs",
+            env=env,
+            refill=pool_setting("DURABOOK_POOL_REFILL", 0) or None,
+            idle_s=pool_setting("DURABOOK_POOL_IDLE", 300),
+            zygote=None if pool_setting("DURABOOK_ZYGOTE", 1) else False,
+        )
         self._me = (os.getpid(), _proc_start(os.getpid()), socket.gethostname())
         self.serving = False  # True in `durabook serve`: its dispatcher runs what is queued
         self.hub = Hub()  # run events, for followers (`durabook wait`, HTTP streams)
@@ -192,6 +187,7 @@ class Engine:
         return self.sessions.session_restore_plan(instance_id)
 
     def close(self) -> None:
+        self.watchdog.close()
         self.pool.close()
         self.writer.close()
         self.store.close()
@@ -232,6 +228,9 @@ class Engine:
         schedule: str | None = None,
         webhook: str | None = None,
         cell_timeout: float | None = None,
+        limits: Limits | dict[str, Any] | None = None,
+        sandbox: bool | None = None,
+        network: bool = False,
     ) -> tuple[str, bool]:
         """Validate and insert a ``queued`` instance. Returns (id, created).
 
@@ -240,10 +239,22 @@ class Engine:
         ``env``: variables the run's kernel gets beyond the allow-list (kernels start
         with a scrubbed environment); kept with the instance, so a resume has them too.
         ``scan_all``: look at every variable after every cell (see README).
+        ``limits``: the run's own (see :mod:`durabook.kernels.limits`), checked against
+        the operator's maximums. ``sandbox``: run in a private folder and, with
+        bubblewrap, namespaces (None: when the run has a tenant or DURABOOK_SANDBOX=1);
+        ``network``: a sandboxed kernel may use the network.
         """
         options: dict[str, Any] = {"env": check_env(env or {}), "scan_all": bool(scan_all)}
         if cell_timeout is not None:
             options["cell_timeout"] = float(cell_timeout)
+        asked = check_limits(limits)
+        resolve_limits(asked)  # more than the operator allows: bad input, now
+        if asked is not None and asked.model_dump(exclude_none=True):
+            options["limits"] = asked.model_dump(exclude_none=True)
+        sandboxed = sandbox if sandbox is not None else (tenant is not None or sandbox_default())
+        if sandboxed:
+            options["sandbox"] = True
+            options["network"] = bool(network)
         submitted = isinstance(notebook, NotebookNode) and source_path is None
         if isinstance(notebook, NotebookNode):
             nb = parse_notebook(nbformat.writes(notebook), source_path or "<notebook>")
@@ -260,6 +271,8 @@ class Engine:
                     raise BadInput(f"instance {instance_id} already exists", instance=instance_id)
                 return instance_id, False
         iid = instance_id or _new_id()
+        if sandboxed:
+            cwd = str(self.home / "work" / iid)  # its own folder; the notebook's is read-only
         if submitted and cwd is None:
             cwd = str(self.home / "work" / iid)  # a notebook with no folder of its own
         out = (
@@ -381,6 +394,9 @@ class Engine:
         if_exists: str = "return",
         env: dict[str, str] | None = None,
         scan_all: bool = False,
+        limits: Limits | dict[str, Any] | None = None,
+        sandbox: bool | None = None,
+        network: bool = False,
     ) -> RunResult:
         iid, created = self.create(
             notebook,
@@ -391,6 +407,9 @@ class Engine:
             if_exists=if_exists,
             env=env,
             scan_all=scan_all,
+            limits=limits,
+            sandbox=sandbox,
+            network=network,
         )
         if on_created:
             on_created(iid)

@@ -17,12 +17,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .blobs import BlobStore
 from .checkpoints import committed_prefix, restore_plan
 from .errors import EngineBusy, InvalidState, UnrestorableState, storage_full
+from .kernels.limits import Limits, apply_rlimits, resolve_limits
+from .kernels.pool import KernelProcess, kernel_environment
+from .kernels.sandbox import Sandbox, bwrap_path
+from .kernels.watchdog import kernel_cpu, process_table
 from .models import ErrorInfo, RunResult, Status
 from .notebook import source_hash
 from .output import build_output, write_notebook
@@ -35,10 +41,22 @@ if TYPE_CHECKING:
     from nbformat import NotebookNode
 
     from .engine import Engine
-    from .pool import KernelProcess
     from .progress import Progress
 
 __all__ = ["IN_PROCESS_RETRY_MAX", "Executor"]
+
+
+def _falling_back(
+    first: Callable[[str], bytes], then: Callable[[str], bytes]
+) -> Callable[[str], bytes]:
+    def get(key: str) -> bytes:
+        try:
+            return first(key)
+        except FileNotFoundError:
+            return then(key)
+
+    return get
+
 
 IN_PROCESS_RETRY_MAX = 5.0  # seconds: longer retry delays suspend the instance
 
@@ -54,6 +72,46 @@ class Executor:
         self._kernels: dict[str, KernelProcess] = {}
         self._terminating: set[str] = set()
 
+    def _kernel(
+        self, sandbox: Sandbox | None, journal: Path, inst: dict[str, Any], limits: Limits
+    ) -> KernelProcess:
+        """A kernel for this run, with the run's rlimits: from the warm pool, or, for a
+        sandboxed run, started inside its sandbox (its folders are known only now)."""
+        pool = self.engine.pool
+        if sandbox is None:
+            kernel = pool.acquire()
+        else:
+            bwrap = bwrap_path()
+            notebook_dir = Path(inst["notebook"]).parent
+            env = dict(pool.env if pool.env is not None else kernel_environment())
+            env.pop("DURABOOK_HOME", None)  # hidden from it: a sandbox never reaches the engine
+            kernel = KernelProcess.start(
+                pool.log_dir,
+                env=env,
+                cwd=str(sandbox.workdir),
+                wrap=(lambda folder: sandbox.command(bwrap, folder, journal, notebook_dir))
+                if bwrap
+                else None,
+            )
+            kernel.sandbox = sandbox
+        try:
+            if sandbox is None:  # a pool's kernel has started nothing yet
+                apply_rlimits(kernel.pid, limits, kernel_cpu(kernel.pid))
+            else:  # every process from bubblewrap down to python
+                table = process_table()
+                kids: dict[int, list[int]] = {}
+                for pid, (ppid, _, _) in table.items():
+                    kids.setdefault(ppid, []).append(pid)
+                todo = [kernel.pid]
+                while todo:
+                    pid = todo.pop()
+                    apply_rlimits(pid, limits, table[pid][1] if pid in table else 0.0)
+                    todo.extend(kids.get(pid, ()))
+        except BaseException:
+            kernel.close()
+            raise
+        return kernel
+
     def running_here(self, instance_id: str) -> bool:
         with self._lock:
             return instance_id in self._active
@@ -66,6 +124,9 @@ class Executor:
 
     def stop_file(self, instance_id: str) -> Path:
         """Touched to pause a run: its driver stops after the current cell."""
+        sandbox = Sandbox(self.engine.home, instance_id)
+        if sandbox.share.is_dir():  # the one place of the home its kernel sees
+            return sandbox.pause_file
         return self.engine.home / "run" / f"{instance_id}.pause"
 
     def execute(
@@ -151,30 +212,46 @@ class Executor:
         kernel = None
         runner: Runner | None = None
         try:
+            options = inst["options"] or {}
+            limits = resolve_limits(Limits(**options.get("limits", {})))
+            sandbox = None
+            if options.get("sandbox"):
+                sandbox = Sandbox(self.engine.home, iid, network=bool(options.get("network")))
+                sandbox.prepare()
             stop = self.stop_file(iid)
             stop.unlink(missing_ok=True)
             work = Path(inst["cwd"] or ".")
             if work.parent == self.engine.home / "work":  # a submitted notebook's own folder
                 work.mkdir(mode=0o700, parents=True, exist_ok=True)
-            kernel = self.engine.pool.acquire()
+            kernel = self._kernel(sandbox, journal, inst, limits)
             with self._lock:
                 self._kernels[iid] = kernel
                 terminating = iid in self._terminating
             if terminating:  # `terminate` came while the kernel was starting
                 kernel.kill()
-            runner = Runner(kernel, self.engine.blobs.get)
+            watchdog = self.engine.watchdog
+            watchdog.watch(kernel, iid, limits, sandbox.workdir if sandbox else None)
+            load_blob: Callable[[str], bytes] = self.engine.blobs.get
+            if sandbox is not None:
+                load_blob = _falling_back(load_blob, BlobStore(sandbox.blobs).get)
+            runner = Runner(kernel, load_blob)
             runner.on_output = progress.output
+            runner.on_cell = lambda cell: watchdog.cell_started(
+                kernel, cell.index if cell else None, cell.options if cell else None
+            )
+            imported: set[str] = set()
 
             def on_step(res: CellResult) -> None:
+                if sandbox is not None:  # its checkpoints into the home's store, checked
+                    sandbox.import_blobs(self.engine.blobs, imported)
                 progress.executed(CellEvent.from_result(res))
                 futures.append(self._commit_step(iid, res, attempts, progress))
 
-            options = inst["options"] or {}
             outcome = runner.run(
                 todo,
                 {
                     **plan.to_plan(),
-                    "blobs": str(self.engine.blobs.root),
+                    "blobs": str(sandbox.blobs if sandbox else self.engine.blobs.root),
                     "journal": str(journal),
                     "cwd": inst["cwd"],
                     "resolutions": inst["resolutions"],
@@ -213,6 +290,7 @@ class Executor:
             # `durabook terminate` closed the kernel under the runner: recorded below
         finally:
             if kernel is not None:
+                self.engine.watchdog.unwatch(kernel)
                 kernel.close()
         for f in futures:
             try:

@@ -145,6 +145,9 @@ class InstanceStatus(BaseModel):
     tenant: str | None = None
     workflow: str | None = None  # dispatch limits per workflow (default: the notebook)
     schedule: str | None = None  # the schedule that fired it
+    workdir: str | None = None  # the kernel's working folder
+    sandbox: bool = False  # a private folder and, with bubblewrap, namespaces
+    limits: dict[str, Any] = Field(default_factory=dict)  # what the run asked for
     cells: list[CellState] = Field(default_factory=list)
 
 

@@ -25,6 +25,7 @@ from durabook_kernel.journal import JournalReader, wait_unlocked
 
 from .checkpoints import step_record
 from .kernel_messages import BadKernelMessage, check_record, check_suspension
+from .kernels.sandbox import Sandbox
 from .notebook import source_hash
 from .steps import step_options
 from .store import Store
@@ -65,6 +66,7 @@ class Recovery:
         notebook_of: Callable[[dict[str, Any]], NotebookNode],
         is_active: Callable[[str], bool],
     ) -> None:
+        self.home = home
         self.folder = home / "journal"
         self.store = store
         self.writer = writer
@@ -136,6 +138,9 @@ class Recovery:
             if not wait_unlocked(str(path), LOCK_WAIT):
                 log.warning("%s: its kernel still holds %s", instance_id, path)
                 return Recovered(False, None)
+            share = Sandbox(self.home, instance_id)
+            if share.blobs.is_dir():  # a sandboxed kernel wrote its checkpoints there
+                share.import_blobs(self.blobs, set())
             rows, suspension = self._rows(inst, path)
             if rows:
                 self.writer.call(lambda c: Store.insert_new_steps(c, instance_id, rows))

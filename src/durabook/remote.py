@@ -42,6 +42,7 @@ from .api.models import (
     ScheduleInfo,
     ScheduleRunsRequest,
     ScheduleSpec,
+    TopReply,
     WaitRequest,
 )
 from .api.service import VERBS, Service
@@ -326,6 +327,9 @@ class RemoteEngine:
 
     def health(self, req: Any = None) -> Health:
         return cast(Health, self._verb("health"))
+
+    def top(self, req: Any = None) -> TopReply:
+        return cast(TopReply, self._verb("top"))
 
     def send_event(self, req: EventRequest) -> EventReply:
         return cast(EventReply, self._verb("send_event", req))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ from .kernel_messages import (
     check_step_message,
     check_suspension,
 )
+from .kernels.pool import KernelProcess
 from .models import ErrorInfo
-from .pool import KernelProcess
 
 log = logging.getLogger("durabook.runner")
 
@@ -104,6 +105,8 @@ class Runner:
         # told of the running cell's output as it comes (a live view); the recorded
         # outputs are the journal's, not these
         self.on_output: Callable[[int | None, dict[str, Any]], None] | None = None
+        # told which cell runs now (None: none), for the watchdog's per-cell limits
+        self.on_cell: Callable[[CellPlan | None], None] | None = None
 
     def run(
         self,
@@ -193,6 +196,7 @@ class Runner:
                 if phase == "restored":
                     restored = True
                     outcome.restored = content
+                    self._tell_cell()
                 elif phase == "restore":
                     outcome.ok = False
                     outcome.restore_failed = True
@@ -241,6 +245,10 @@ class Runner:
             )
         return outcome
 
+    def _tell_cell(self) -> None:
+        if self.on_cell is not None:
+            self.on_cell(self.cells[self.position] if self.position < len(self.cells) else None)
+
     def current(self) -> int | None:
         """The index of the cell running now (or next), None when all are done."""
         return self._current_index() if hasattr(self, "cells") else None
@@ -286,6 +294,7 @@ class Runner:
         self.position += 1
         self.started = None
         outcome.executed = self.position
+        self._tell_cell()
         if record.get("status") == "exit":
             outcome.stopped_early = True
         if not ok:
@@ -304,6 +313,12 @@ class Runner:
         outcome = self.outcome
         code = self.kernel.proc.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        limit_error = self.kernel.limit_error
+        if limit_error is None and code == -signal.SIGXCPU:
+            limit_error = ErrorInfo(
+                ename="CpuLimitExceeded",
+                evalue="the kernel used up the run's CPU seconds (--cpu-seconds) and was ended",
+            )
         outcome.ok = False
         position = self.position
         if position < len(self.cells) and restored:
@@ -312,13 +327,13 @@ class Runner:
             if self.started is not None and self.started[0] == cell.index:
                 outcome.interrupted = cell
                 outcome.interrupted_rid = self.started[1]
-            outcome.error = ErrorInfo(
+            outcome.error = limit_error or ErrorInfo(
                 ename="DeadKernelError",
                 evalue=f"the kernel died ({how}) while running cell {cell.index}",
             )
         else:
             outcome.restore_failed = not restored
-            outcome.error = ErrorInfo(
+            outcome.error = limit_error or ErrorInfo(
                 ename="DeadKernelError",
                 evalue=f"the kernel died ({how}) while restoring state",
             )

@@ -1,10 +1,12 @@
-"""Per-cell step options: retries, backoff, timeout, name.
+"""Per-cell step options: retries, backoff, timeout, name, memory and CPU limits.
 
 Written in the cell as ``%%step --retries 3 --backoff exponential --delay 2s
 --max-delay 1m --timeout 30s --name charge``, or equally as cell metadata
 ``{"durabook": {"step": {"retries": 3, "backoff": "exponential", "delay": "2s",
 "max_delay": "1m", "timeout": "30s", "name": "charge"}}}`` so a UI can edit
-them. Both are checked when an instance is created: a bad option is bad input.
+them. ``--memory 2G --cpu-seconds 60`` give the cell its own limits (see
+:mod:`durabook.kernels.limits`), within the operator's maximums. Both are
+checked when an instance is created: a bad option is bad input.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from durabook_kernel.primitives import parse_duration
 
 from .errors import BadInput
+from .kernels.limits import Limits, parse_bytes, resolve_limits
 
 __all__ = ["StepOptions", "cell_body", "check_step_options", "step_options"]
 
@@ -33,11 +36,18 @@ class StepOptions(BaseModel):
     max_delay: float = 3600.0
     timeout: float | None = None  # seconds; None: no limit
     name: str | None = None
+    memory: int | None = None  # bytes; None: the run's limit
+    cpu_seconds: float | None = Field(default=None, gt=0)  # this cell's CPU; None: the run's
 
-    @field_validator("delay", "max_delay", "timeout", mode="before")
+    @field_validator("delay", "max_delay", "timeout", "cpu_seconds", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_bytes(v)
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed)."""
@@ -62,6 +72,8 @@ _parser.add_argument("--delay")
 _parser.add_argument("--max-delay", dest="max_delay")
 _parser.add_argument("--timeout")
 _parser.add_argument("--name")
+_parser.add_argument("--memory")
+_parser.add_argument("--cpu-seconds", dest="cpu_seconds")
 
 
 def _magic_line(source: str) -> str | None:
@@ -109,4 +121,8 @@ def check_step_options(nb: Any) -> None:
     """Every code cell's options parse (cell indexes as in the output notebook)."""
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            step_options(cell, i)
+            opts = step_options(cell, i)
+            if opts is not None and (opts.memory or opts.cpu_seconds):
+                resolve_limits(
+                    Limits(memory=opts.memory, cpu_seconds=opts.cpu_seconds), f"cell {i}"
+                )

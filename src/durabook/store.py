@@ -433,6 +433,7 @@ class Store:
                     history=history,
                 )
             )
+        options = inst["options"] or {}
         return InstanceStatus(
             id=inst["id"],
             status=Status(inst["status"]),
@@ -450,6 +451,9 @@ class Store:
             tenant=inst["tenant"],
             workflow=inst["workflow"],
             schedule=inst["schedule"],
+            workdir=inst["cwd"],
+            sandbox=bool(options.get("sandbox")),
+            limits=options.get("limits") or {},
             cells=cells,
         )
 

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..kernels.limits import Limits
 from ..models import InstanceStatus, InstanceSummary, RunResult, Status
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "IdRequest",
     "InstancePage",
     "InstanceRef",
+    "KernelUsage",
     "LifecycleReply",
     "ListRequest",
     "NameRequest",
@@ -40,6 +42,7 @@ __all__ = [
     "ScheduleInfo",
     "ScheduleRunsRequest",
     "ScheduleSpec",
+    "TopReply",
     "WaitRequest",
 ]
 
@@ -100,6 +103,9 @@ class CreateRequest(Request):
     cwd: str | None = Field(default=None, max_length=4096)
     source_path: str | None = Field(default=None, max_length=4096)  # notebook_json's origin
     cell_timeout: float | None = Field(default=None, gt=0)  # seconds per cell
+    limits: Limits | None = None  # the kernel's own, within the operator's maximums
+    sandbox: bool | None = None  # None: when the run has a tenant, or DURABOOK_SANDBOX=1
+    network: bool = False  # a sandboxed kernel may use the network
 
     @field_validator("tenant")
     @classmethod
@@ -189,6 +195,30 @@ class Health(BaseModel):
     queued: int = 0
     running: int = 0
     concurrency: int = 0
+
+
+class KernelUsage(BaseModel):
+    """One running instance's kernel as the engine's watchdog last saw it."""
+
+    id: str
+    notebook: str | None = None
+    tenant: str | None = None
+    pid: int
+    cell: int | None = None  # the cell running now
+    cpu_s: float = 0.0  # the kernel and its processes, since they started
+    rss_bytes: int = 0  # resident memory of the kernel and its processes
+    processes: int = 0
+    disk_bytes: int | None = None  # a sandboxed run's folder, when it has a disk limit
+    sandbox: bool = False
+
+
+class TopReply(BaseModel):
+    """What ``durabook top`` shows: running kernels, and the warm pool."""
+
+    kernels: list[KernelUsage] = Field(default_factory=list)
+    pool_size: int = 0
+    pool_ready: int = 0
+    kernels_started: int = 0
 
 
 # -- schedules --------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from .models import (
     ScheduleInfo,
     ScheduleRunsRequest,
     ScheduleSpec,
+    TopReply,
     validation_summary,
 )
 
@@ -113,7 +114,11 @@ def _subset(name: str, model: type[BaseModel], fields: tuple[str, ...]) -> type[
 
 
 _CREATE = ("notebook", "notebook_json", "parameters", "id", "priority", "tenant", "workflow")
-CreateBody = _subset("CreateBody", CreateRequest, (*_CREATE, "webhook", "if_exists", "scan_all"))
+CreateBody = _subset(
+    "CreateBody",
+    CreateRequest,
+    (*_CREATE, "webhook", "if_exists", "scan_all", "limits", "sandbox", "network"),
+)
 ResumeBody = _subset("ResumeBody", ResumeRequest, ("notebook", "now"))
 RestartBody = _subset("RestartBody", RestartRequest, ("from_cell",))
 RunsQuery = _subset("RunsQuery", ScheduleRunsRequest, ("limit",))
@@ -344,6 +349,8 @@ _LIFECYCLE = {
 ROUTES: list[Route] = [
     Route("GET", "/health", "health", "Liveness and load (no auth)", Health, auth=False,
           kind="inline", call=lambda c: c.service.health()),
+    Route("GET", "/top", "top", "Running kernels: cell, CPU, memory; the warm pool",
+          TopReply, call=lambda c: c.service.top()),
     Route("GET", "/openapi.json", "openapi", "This document", dict[str, Any], kind="inline",
           call=lambda c: cached_document(c.base)),
     Route("POST", "/instances", "create", "Create an instance (200: the id existed)",

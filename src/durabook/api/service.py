@@ -38,6 +38,7 @@ from .models import (
     IdRequest,
     InstancePage,
     InstanceRef,
+    KernelUsage,
     LifecycleReply,
     ListRequest,
     NameRequest,
@@ -46,6 +47,7 @@ from .models import (
     ScheduleInfo,
     ScheduleRunsRequest,
     ScheduleSpec,
+    TopReply,
     WaitRequest,
 )
 
@@ -126,6 +128,9 @@ class Service:
             webhook=req.webhook,
             source_path=req.source_path,
             cell_timeout=req.cell_timeout,
+            limits=req.limits,
+            sandbox=req.sandbox,
+            network=req.network,
         )
         if on_created:
             on_created(iid)
@@ -269,6 +274,32 @@ class Service:
             concurrency=self.dispatcher.limits.concurrency if self.dispatcher else 0,
         )
 
+    def top(self, req: Any = None) -> TopReply:
+        eng = self.engine
+        rows = []
+        for s in eng.watchdog.samples():
+            inst = eng.store.instance_row(s.instance_id) or {}
+            rows.append(
+                KernelUsage(
+                    id=s.instance_id,
+                    notebook=inst.get("notebook"),
+                    tenant=inst.get("tenant"),
+                    pid=s.pid,
+                    cell=s.cell,
+                    cpu_s=round(s.cpu_s, 2),
+                    rss_bytes=s.rss_bytes,
+                    processes=s.processes,
+                    disk_bytes=s.disk_bytes,
+                    sandbox=bool((inst.get("options") or {}).get("sandbox")),
+                )
+            )
+        return TopReply(
+            kernels=rows,
+            pool_size=eng.pool.size,
+            pool_ready=eng.pool.ready(),
+            kernels_started=eng.pool.started,
+        )
+
     # -- events and lifecycle -----------------------------------------------------------
     def send_event(self, req: EventRequest) -> EventReply:
         data = None if req.data is None else json.dumps(req.data)
@@ -389,6 +420,7 @@ VERBS: dict[str, Verb] = {
     "list": Verb(ListRequest, InstancePage, read_only=True),
     "notebook": Verb(IdRequest, dict[str, Any], read_only=True),
     "health": Verb(None, Health, read_only=True),
+    "top": Verb(None, TopReply, read_only=True),
     "send_event": Verb(EventRequest, EventReply),
     "pause": Verb(IdRequest, LifecycleReply),
     "unpause": Verb(IdRequest, LifecycleReply),

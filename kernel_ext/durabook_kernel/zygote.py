@@ -1,0 +1,207 @@
+"""The zygote: a prepared process that forks ready kernels in milliseconds.
+
+A cold ipykernel spends most of its start importing some 540 modules and setting
+up its shell. The zygote pays that once: it imports everything a kernel's
+``IPKernelApp.initialize()`` imports (learned by initializing one probe kernel in
+a child and reading its ``sys.modules``), and then forks a child per request. The
+child sets its environment, folder and output, initializes the kernel (about 45 ms
+instead of about 650 ms) and tells the pool it is ready through a pipe.
+
+fork() and threads do not mix, so the zygote never starts a thread, an event loop
+or a zmq context: it is a single loop over one SOCK_SEQPACKET socket to the pool
+(``python -m durabook_kernel.zygote FD``). Each request is one JSON message with
+file descriptors beside it (``socket.send_fds``): the kernel's lifeline (the read
+end of a pipe whose write end only the pool holds), its readiness pipe and its log.
+The reply carries the child's pid and a pidfd, through which the pool watches and
+signals a process that is not its own child. The zygote reaps its children and
+reports each exit status (``{"exit": pid, "status": n}``), so a dead kernel's
+signal can still be told. It exits when the pool's end of the socket closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+__all__ = ["KERNEL_ARGS", "main"]
+
+# the arguments every durabook run kernel starts with (cold starts use them too)
+KERNEL_ARGS = [
+    "--ext=durabook_kernel",
+    "--HistoryManager.enabled=False",
+    "--IPKernelApp.log_level=ERROR",
+]
+_MAX_REQUEST = 1 << 20
+_WAKE: tuple[int, ...] = ()  # the signal wakeup pipe: the zygote's, closed in children
+
+
+def _probe_modules() -> list[str]:
+    """The modules a kernel's initialize() imports, from a probe child that does it."""
+    import tempfile
+
+    read_end, write_end = os.pipe()
+    folder = tempfile.mkdtemp(prefix="dbk-z-")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the probe child
+        try:
+            os.close(read_end)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            from ipykernel.kernelapp import IPKernelApp
+            from jupyter_client.connect import write_connection_file
+
+            conn = os.path.join(folder, "probe.json")
+            write_connection_file(conn, transport="ipc", ip=os.path.join(folder, "k"))
+            app = IPKernelApp.instance()
+            app.initialize(["-f", conn, *KERNEL_ARGS])
+            names = "\n".join(sorted(sys.modules)).encode()
+            with os.fdopen(write_end, "wb") as fh:
+                fh.write(names)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        found = fh.read().decode().split("\n")
+    os.waitpid(pid, 0)
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return [n for n in found if n]
+
+
+def prepare() -> int:
+    """Import what a kernel imports, without starting what a kernel starts."""
+    import importlib
+
+    import ipykernel.kernelapp  # noqa: F401
+
+    names = _probe_modules()
+    loaded = 0
+    for name in names:
+        if name in sys.modules or name.startswith("__"):
+            continue
+        try:
+            importlib.import_module(name)
+            loaded += 1
+        except Exception:  # some modules only import as part of their parent; fine
+            pass
+    import gc
+
+    gc.collect()
+    gc.freeze()  # keep the prepared objects out of the children's collections (COW)
+    return len(sys.modules)
+
+
+def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
+    """In the forked child: become the kernel. Never returns."""
+    code = 1
+    try:
+        sock.close()
+        signal.set_wakeup_fd(-1)
+        for fd in _WAKE:
+            os.close(fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.setsid()  # its own session: signals to the pool's group never reach it
+        lifeline, ready, log = fds
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ["DURABOOK_PARENT_FD"] = str(lifeline)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        from ipykernel.kernelapp import IPKernelApp
+
+        app = IPKernelApp.instance()
+        app.initialize(["-f", request["conn"], *KERNEL_ARGS])
+        os.write(ready, b"1")
+        os.close(ready)
+        app.start()
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            sock.send(json.dumps({"exit": pid, "status": code}).encode())
+        except OSError:
+            return
+
+
+def serve(sock: socket.socket) -> None:
+    """Fork a kernel per request until the pool goes away."""
+    # a kernel's exit wakes select() at once (through the wakeup pipe), so its status
+    # goes out while the pool may still be asking
+    global _WAKE
+    wake_r, wake_w = _WAKE = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sock.send(json.dumps({"ready": os.getpid(), "modules": len(sys.modules)}).encode())
+    while True:
+        readable, _, _ = select.select([sock.fileno(), wake_r], [], [], 5.0)
+        if wake_r in readable:
+            with contextlib.suppress(OSError):
+                os.read(wake_r, 4096)
+        _reap(sock)
+        if sock.fileno() not in readable:
+            continue
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 3)
+        except OSError:
+            return
+        if not data:
+            return  # the pool closed its end
+        try:
+            request = json.loads(data)
+            if len(fds) != 3:
+                raise ValueError(f"expected 3 descriptors, got {len(fds)}")
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child becomes a kernel
+                _child(request, fds, sock)
+            pidfd = os.pidfd_open(pid)  # before any reaping: it names this very child
+            try:
+                socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+            finally:
+                os.close(pidfd)
+        except Exception as exc:
+            sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    sock = socket.socket(fileno=int(argv[0]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C to the engine's group is the engine's
+    prepare()
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()

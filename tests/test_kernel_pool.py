@@ -1,0 +1,184 @@
+"""Warm kernels: forked from a zygote, handed out once, refilled, shrunk when idle,
+gone with the engine. (How fast is for benchmarks/kernels.py; here: that it works.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from durabook.engine import Engine
+from durabook.errors import BadInput
+from durabook.kernels.pool import KernelPool, KernelProcess, kernel_environment, pool_setting
+from durabook.kernels.zygote import ForkedChild
+
+from .conftest import cli, write_nb
+from .processes import pid_gone
+
+
+def _run_code(k: KernelProcess, code: str) -> str:
+    msg_id = k.kc.execute(code)
+    out = []
+    while True:
+        m = k.kc.get_iopub_msg(timeout=30)
+        if m["parent_header"].get("msg_id") != msg_id:
+            continue
+        if m["msg_type"] == "stream":
+            out.append(m["content"]["text"])
+        elif m["msg_type"] == "error":
+            raise AssertionError(m["content"]["evalue"])
+        elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            return "".join(out)
+
+
+def test_pool_hands_out_forked_kernels_once_each_and_refills(tmp_path: Path) -> None:
+    # code run by hand is checkpointed as an interactive session: into a home of its own
+    env = {**kernel_environment(), "DURABOOK_HOME": str(tmp_path / "home")}
+    pool = KernelPool(3, log_dir=tmp_path / "logs", env=env, idle_s=None)
+    try:
+        assert pool.wait_ready(60)
+        assert pool.zygote() is not None
+        kernels = [pool.acquire() for _ in range(3)]
+        assert len({k.pid for k in kernels}) == 3  # never the same kernel twice
+        assert all(isinstance(k.proc, ForkedChild) for k in kernels)
+        # each is a working kernel with durabook's extension, in its own session
+        for k in kernels:
+            text = _run_code(
+                k,
+                "import os, sys, random\n"
+                "print(os.getpid(), os.getsid(0), 'durabook_kernel' in sys.modules, "
+                "random.random())",
+            )
+            pid, sid, loaded, rand = text.splitlines()[0].split()
+            assert int(pid) == k.pid and int(sid) == k.pid and loaded == "True"
+            k.rand = rand  # type: ignore[attr-defined]
+        # forked from one parent, yet their random streams differ
+        assert len({k.rand for k in kernels}) == 3  # type: ignore[attr-defined]
+        assert pool.wait_ready(60)  # refilled behind them
+        assert pool.ready() == 3
+        for k in kernels:
+            k.close()
+            assert k.proc.returncode is not None  # the zygote reported its exit status
+    finally:
+        pool.close()
+
+
+def test_a_kernel_killed_is_seen_dead_with_its_signal(tmp_path: Path) -> None:
+    pool = KernelPool(1, idle_s=None)
+    try:
+        k = pool.acquire()
+        os.kill(k.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while k.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not k.alive()
+        assert k.proc.returncode == -signal.SIGKILL
+        k.close()
+    finally:
+        pool.close()
+
+
+def test_pool_shrinks_when_idle_and_fills_again_on_demand(tmp_path: Path) -> None:
+    pool = KernelPool(2, idle_s=0.5)
+    try:
+        assert pool.wait_ready(60)
+        zygote = pool.zygote()
+        assert zygote is not None
+        deadline = time.monotonic() + 20
+        while (pool.ready() or pool._zygote is not None) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pool.ready() == 0 and pool._zygote is None  # kernels and zygote let go
+        assert pid_gone(zygote.pid)
+        k = pool.acquire()  # on demand: a fresh zygote, and the pool fills again
+        assert k.alive()
+        k.close()
+        assert pool.wait_ready(60)
+    finally:
+        pool.close()
+
+
+def test_a_dead_zygote_is_replaced(tmp_path: Path) -> None:
+    pool = KernelPool(1, idle_s=None)
+    try:
+        first = pool.zygote()
+        assert first is not None
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        k = pool.start_kernel()  # a new zygote forks it
+        assert k.alive()
+        assert pool.zygote() is not first
+        k.close()
+    finally:
+        pool.close()
+
+
+def test_kernels_and_zygote_end_when_the_engine_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path[:0] = {sys.path!r}
+        from durabook.kernels.pool import KernelPool
+        pool = KernelPool(2, idle_s=None)
+        assert pool.wait_ready(60)
+        k = pool.acquire()
+        print(pool.zygote().pid, k.pid, *(r.pid for r in pool._ready), flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) >= 3
+    proc.kill()
+    proc.wait()
+    for pid in pids:  # the lifelines closed: every kernel exits, and the zygote too
+        assert pid_gone(pid, timeout=15), pid
+
+
+def test_pool_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DURABOOK_POOL_SIZE", "3")
+    assert pool_setting("DURABOOK_POOL_SIZE", 0) == 3
+    monkeypatch.setenv("DURABOOK_POOL_SIZE", "many")
+    with pytest.raises(BadInput, match="DURABOOK_POOL_SIZE"):
+        pool_setting("DURABOOK_POOL_SIZE", 0)
+
+
+def test_serve_runs_notebooks_on_forked_kernels(home: Path, tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "nb.ipynb", ["import os\nprint(os.getppid())", "x = 2", "x * 21"])
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "durabook", "serve", "--warm", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        line = serve.stderr.readline()
+        assert "durabook engine for" in line, line
+        for _ in range(3):
+            run = cli("run", str(nb), "-q")
+            assert run.returncode == 0, run.stderr
+        logs = list((home / "logs").glob("zygote*.log"))
+        assert logs, "serve's pool forks its kernels from a zygote"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    # the kernel's parent was the zygote, not serve
+    from .conftest import outputs_text
+
+    ppid = int(outputs_text(home / "outputs" / f"{run.stdout.split()[0]}.ipynb")[0].split()[0])
+    assert ppid != serve.pid
+
+
+def test_engine_takes_its_pool_size_from_the_environment(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURABOOK_POOL_SIZE", "1")
+    with Engine(home) as eng:
+        assert eng.pool.size == 1 and eng.pool.use_zygote
