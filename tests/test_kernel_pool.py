@@ -3,6 +3,7 @@ gone with the engine. (How fast is for benchmarks/kernels.py; here: that it work
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from durabook.engine import Engine
-from durabook.errors import BadInput
+from durabook.errors import BadInput, KernelDied
 from durabook.kernels.pool import KernelPool, KernelProcess, kernel_environment, pool_setting
 from durabook.kernels.zygote import ForkedChild
 
@@ -53,9 +54,10 @@ def test_pool_hands_out_forked_kernels_once_each_and_refills(tmp_path: Path) -> 
                 k,
                 "import os, sys, random\n"
                 "print(os.getpid(), os.getsid(0), 'durabook_kernel' in sys.modules, "
-                "random.random())",
+                "random.random(), sys.argv[1])",
             )
-            pid, sid, loaded, rand = text.splitlines()[0].split()
+            pid, sid, loaded, rand, flag = text.splitlines()[0].split()
+            assert flag == "-f"  # sys.argv as a cold kernel's
             assert int(pid) == k.pid and int(sid) == k.pid and loaded == "True"
             k.rand = rand  # type: ignore[attr-defined]
         # forked from one parent, yet their random streams differ
@@ -182,3 +184,26 @@ def test_engine_takes_its_pool_size_from_the_environment(
     monkeypatch.setenv("DURABOOK_POOL_SIZE", "1")
     with Engine(home) as eng:
         assert eng.pool.size == 1 and eng.pool.use_zygote
+
+
+def test_a_zygote_that_does_not_answer_is_replaced(tmp_path: Path) -> None:
+    pool = KernelPool(0, zygote=True)
+    try:
+        stuck = pool.zygote()
+        assert stuck is not None
+        os.kill(stuck.pid, signal.SIGSTOP)
+        folder = tmp_path / "k"
+        folder.mkdir()
+        r, w = os.pipe()
+        with pytest.raises(KernelDied, match="did not answer"):
+            stuck.spawn(str(folder / "k.json"), {}, None, (r, w, w), timeout=1.0)
+        os.close(r)
+        os.close(w)
+        assert not stuck.alive()
+        k = pool.start_kernel()  # a new zygote forks it
+        assert k.alive() and pool.zygote() is not stuck
+        k.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck.pid, signal.SIGKILL)
+        pool.close()

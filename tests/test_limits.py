@@ -140,3 +140,35 @@ def test_limits_through_the_python_api_and_http_fields(home: Path, tmp_path: Pat
 
     body = cached_document("/api")["components"]["schemas"]["CreateBody"]["properties"]
     assert {"limits", "sandbox", "network"} <= set(body)
+
+
+def test_cpu_burnt_in_short_lived_children_counts(home: Path, tmp_path: Path) -> None:
+    burn = (
+        "import subprocess, sys\n"
+        "for i in range(4):  # each child exits before the next: only waited-for CPU shows\n"
+        "    subprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()\\n"
+        "while time.process_time() - t < 1.2:\\n    pass'])"
+    )
+    nb = write_nb(tmp_path / "kids.ipynb", ["x = 1", burn])
+    run = cli("run", str(nb), "--cpu-seconds", "2", "-q")
+    assert run.returncode == 1, run.stderr
+    st = _status(run.stdout.split()[0])
+    assert st["error"]["ename"] == "CpuLimitExceeded", st["error"]
+
+
+def test_forked_workers_sharing_memory_are_not_counted_twice(home: Path, tmp_path: Path) -> None:
+    fork = (
+        "import os, time\n"
+        "kids = []\n"
+        "for i in range(3):  # three workers sharing the parent's 300 MiB, copy on write\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        time.sleep(1.5)\n"
+        "        os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "for pid in kids:\n"
+        "    os.waitpid(pid, 0)"
+    )
+    nb = write_nb(tmp_path / "cow.ipynb", [HOG.format(mib=300), fork])
+    run = cli("run", str(nb), "--memory", "700M", "-q")
+    assert run.returncode == 0, run.stderr

@@ -244,3 +244,70 @@ def test_filling_the_disk_from_a_sandbox_stops_at_its_limit(home: Path, tmp_path
     assert code == 1
     st = cli_json("status", iid)[1]
     assert "No space left" in st["error"]["evalue"] or "too large" in st["error"]["evalue"]
+
+
+@needs_bwrap
+def test_a_notebook_beside_the_home_still_cannot_see_it(home: Path, tmp_path: Path) -> None:
+    # the usual layout: ./.durabook beside the notebook; the notebook's folder is shown
+    # read-only, and the home inside it stays hidden
+    victim = write_nb(tmp_path / "v.ipynb", ["open('mine.txt', 'w').write('secret')"])
+    code, vid, err = _run(victim, "--sandbox")
+    assert code == 0, err
+    (tmp_path / "data.csv").write_text("a,b\n")
+    other = home / "work" / vid / "mine.txt"
+    body = "\n".join(
+        [
+            f"attempt('list_home', lambda: os.listdir({str(home)!r}))",
+            f"attempt('read_other', lambda: open({str(other)!r}).read())",
+            f"attempt('own_data', lambda: open({str(tmp_path / 'data.csv')!r}).read())",
+            f"attempt('write_beside', lambda: open({str(tmp_path / 'x')!r}, 'w'))",
+        ]
+    )
+    nb = write_nb(tmp_path / "a.ipynb", [_probe(body)])
+    code, iid, err = _run(nb, "--sandbox")
+    assert code == 0, err
+    r = _results(home, iid)
+    # only the mount points of its own folders: no store, no other instance
+    assert r["list_home"]["ok"] and "durabook.duckdb" not in r["list_home"]["got"]
+    assert r["read_other"]["ok"] is False
+    assert r["own_data"]["ok"] and "a,b" in r["own_data"]["got"]
+    assert r["write_beside"]["ok"] is False
+
+
+def test_a_tenant_cannot_opt_out_of_the_sandbox(home: Path, tmp_path: Path) -> None:
+    from durabook import Client
+    from durabook.errors import BadInput
+
+    nb = write_nb(tmp_path / "t.ipynb", ["x = 1"])
+    with pytest.raises(BadInput, match="always sandboxed"):
+        Client(home).create(str(nb), tenant="acme", sandbox=False)
+
+
+@needs_bwrap
+def test_junk_in_the_blob_share_is_skipped_and_the_home_stays_usable(
+    home: Path, tmp_path: Path
+) -> None:
+    digest = "ab" + "0" * 62
+    junk = (
+        "import os, hashlib\n"
+        f"root = {str(home / 'sandbox')!r}\n"
+        "mine = [os.path.join(root, d, 'blobs') for d in os.listdir(root)]\n"
+        "for b in mine:\n"
+        "    os.makedirs(os.path.join(b, 'zz'), exist_ok=True)\n"
+        "    open(os.path.join(b, 'zz', 'not-a-digest'), 'w').write('x')\n"
+        "    os.makedirs(os.path.join(b, 'ab'), exist_ok=True)\n"
+        f"    os.mkfifo(os.path.join(b, 'ab', {digest!r}))\n"
+        "    with open(os.path.join(b, 'ab', 'ab' + '1' * 62), 'wb') as f:\n"
+        "        f.truncate(1 << 33)  # sparse, 8 GiB: never read whole\n"
+        "    os.symlink('/etc/passwd', os.path.join(b, 'ab', 'ab' + '2' * 62))\n"
+        "print(len(mine))"
+    )
+    nb = write_nb(tmp_path / "junk.ipynb", [junk, "y = 2"])
+    code, _, err = _run(nb, "--sandbox")
+    assert code == 0, err
+    assert not (home / "blobs" / "ab" / digest).exists()
+    assert not (home / "blobs" / "zz").exists()
+    # the engine opens the home again, and runs the next notebook
+    code, _, err = _run(write_nb(tmp_path / "next.ipynb", ["z = 3"]))
+    assert code == 0, err
+    assert cli("list").returncode == 0

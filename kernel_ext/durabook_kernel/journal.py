@@ -34,6 +34,9 @@ from typing import Any
 __all__ = ["JournalReader", "JournalWriter", "wait_unlocked"]
 
 _HEADER = 18  # "%08x %08x "
+# Records are small (outputs over 64 KiB and all state go to blobs): a longer one is
+# foreign bytes, and reading it would let a kernel make the engine read gigabytes
+MAX_RECORD = 16 << 20
 
 
 class JournalWriter:
@@ -73,28 +76,35 @@ class JournalReader:
 
     def read_new(self) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
+            fh = open(self.path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             return
-        pos = 0
-        while len(data) - pos >= _HEADER:
-            try:
-                length = int(data[pos : pos + 8], 16)
-                crc = int(data[pos + 9 : pos + 17], 16)
-            except ValueError:
-                return  # torn or foreign bytes: nothing after them is trusted
-            end = pos + _HEADER + length
-            if end + 1 > len(data):
-                return  # not complete yet (or torn)
-            payload = data[pos + _HEADER : end]
-            if zlib.crc32(payload) != crc or data[end : end + 1] != b"\n":
-                return
-            pos = end + 1
-            self.offset += _HEADER + length + 1
-            self.seq += 1
-            yield self.seq, json.loads(payload)
+        with fh:
+            fh.seek(self.offset)
+            while True:  # one record at a time: never more than a record's bytes held
+                head = fh.read(_HEADER)
+                if len(head) < _HEADER:
+                    return  # not complete yet (or torn)
+                try:
+                    length = int(head[0:8], 16)
+                    crc = int(head[9:17], 16)
+                except ValueError:
+                    return  # torn or foreign bytes: nothing after them is trusted
+                if length > MAX_RECORD:
+                    return
+                rest = fh.read(length + 1)
+                if len(rest) < length + 1:
+                    return
+                payload = rest[:length]
+                if zlib.crc32(payload) != crc or rest[length:] != b"\n":
+                    return
+                try:
+                    record = json.loads(payload)
+                except (ValueError, RecursionError):
+                    return  # framed, yet not a record a kernel of ours writes
+                self.offset += _HEADER + length + 1
+                self.seq += 1
+                yield self.seq, record
 
 
 def wait_unlocked(path: str, timeout: float) -> bool:

@@ -122,10 +122,13 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
         os.environ["DURABOOK_PARENT_FD"] = str(lifeline)
         if request.get("cwd"):
             os.chdir(request["cwd"])
+        import ipykernel_launcher
         from ipykernel.kernelapp import IPKernelApp
 
+        args = ["-f", request["conn"], *KERNEL_ARGS]
+        sys.argv = [ipykernel_launcher.__file__, *args]  # what a cold kernel's code sees
         app = IPKernelApp.instance()
-        app.initialize(["-f", request["conn"], *KERNEL_ARGS])
+        app.initialize(args)
         os.write(ready, b"1")
         os.close(ready)
         app.start()
@@ -176,6 +179,7 @@ def serve(sock: socket.socket) -> None:
             return
         if not data:
             return  # the pool closed its end
+        request: Any = None
         try:
             request = json.loads(data)
             if len(fds) != 3:
@@ -184,12 +188,14 @@ def serve(sock: socket.socket) -> None:
             if pid == 0:  # pragma: no cover - the child becomes a kernel
                 _child(request, fds, sock)
             pidfd = os.pidfd_open(pid)  # before any reaping: it names this very child
+            reply = {"pid": pid, "req": request.get("req")}
             try:
-                socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+                socket.send_fds(sock, [json.dumps(reply).encode()], [pidfd])
             finally:
                 os.close(pidfd)
         except Exception as exc:
-            sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+            req = request.get("req") if isinstance(request, dict) else None
+            sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}", "req": req}).encode())
         finally:
             for fd in fds:
                 os.close(fd)

@@ -251,6 +251,8 @@ class Engine:
         resolve_limits(asked)  # more than the operator allows: bad input, now
         if asked is not None and asked.model_dump(exclude_none=True):
             options["limits"] = asked.model_dump(exclude_none=True)
+        if tenant is not None and sandbox is False:
+            raise BadInput("a run with a tenant is always sandboxed (leave out sandbox=false)")
         sandboxed = sandbox if sandbox is not None else (tenant is not None or sandbox_default())
         if sandboxed:
             options["sandbox"] = True
@@ -262,6 +264,8 @@ class Engine:
         else:
             nb = self._load(notebook)
             path = Path(notebook).absolute()
+            if sandboxed:  # read from this folder by the engine: the kernel may read it too
+                options["notebook_dir"] = str(path.parent)
         params = coerce_parameters(nb, parameters or {}, from_text=from_text)
         check_step_options(inject_parameters(nb, params))
         if instance_id is not None:

@@ -45,19 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IN_PROCESS_RETRY_MAX", "Executor"]
 
-
-def _falling_back(
-    first: Callable[[str], bytes], then: Callable[[str], bytes]
-) -> Callable[[str], bytes]:
-    def get(key: str) -> bytes:
-        try:
-            return first(key)
-        except FileNotFoundError:
-            return then(key)
-
-    return get
-
-
 IN_PROCESS_RETRY_MAX = 5.0  # seconds: longer retry delays suspend the instance
 
 
@@ -82,7 +69,10 @@ class Executor:
             kernel = pool.acquire()
         else:
             bwrap = bwrap_path()
-            notebook_dir = Path(inst["notebook"]).parent
+            # only a folder the engine itself read the notebook from (never a path a
+            # client named for a notebook it sent)
+            shown = (inst["options"] or {}).get("notebook_dir")
+            notebook_dir = Path(shown) if shown else None
             env = dict(pool.env if pool.env is not None else kernel_environment())
             env.pop("DURABOOK_HOME", None)  # hidden from it: a sandbox never reaches the engine
             kernel = KernelProcess.start(
@@ -230,10 +220,11 @@ class Executor:
             if terminating:  # `terminate` came while the kernel was starting
                 kernel.kill()
             watchdog = self.engine.watchdog
-            watchdog.watch(kernel, iid, limits, sandbox.workdir if sandbox else None)
+            folders = [sandbox.workdir, sandbox.share] if sandbox else []
+            watchdog.watch(kernel, iid, limits, folders)
             load_blob: Callable[[str], bytes] = self.engine.blobs.get
-            if sandbox is not None:
-                load_blob = _falling_back(load_blob, BlobStore(sandbox.blobs).get)
+            if sandbox is not None:  # its own share only: never another instance's blobs
+                load_blob = BlobStore(sandbox.blobs).get
             runner = Runner(kernel, load_blob)
             runner.on_output = progress.output
             runner.on_cell = lambda cell: watchdog.cell_started(

@@ -140,7 +140,10 @@ class Recovery:
                 return Recovered(False, None)
             share = Sandbox(self.home, instance_id)
             if share.blobs.is_dir():  # a sandboxed kernel wrote its checkpoints there
-                share.import_blobs(self.blobs, set())
+                try:
+                    share.import_blobs(self.blobs, set())
+                except Exception:  # never a reason to leave the home unopenable
+                    log.exception("%s: its blob share could not be imported", instance_id)
             rows, suspension = self._rows(inst, path)
             if rows:
                 self.writer.call(lambda c: Store.insert_new_steps(c, instance_id, rows))

@@ -377,7 +377,7 @@ class KernelPool:
             if z is not None:
                 z.close()
             self._zygote = None
-            if self._closed:
+            if self._closed or self._idle:  # idle: a late worker starts no new zygote
                 return None
             env = kernel_environment() if self.env is None else dict(self.env)
             log = self.log_dir / "zygote.log" if self.log_dir is not None else None
@@ -430,10 +430,10 @@ class KernelPool:
                         self._workers -= 1
                     return
             with self._lock:
-                if k is not None and not self._closed:
+                if k is not None and not self._closed and not self._idle:
                     self._ready.append(k)
                     k = None
-            if k is not None:
+            if k is not None:  # closed, or gone idle while it started: not kept
                 k.close()
 
     def _shrink_when_idle(self) -> None:

@@ -36,7 +36,8 @@ DISK_EVERY = 0.3
 
 
 def process_table() -> dict[int, tuple[int, float, int]]:
-    """pid -> (parent pid, CPU seconds, resident bytes) of every process we can read."""
+    """pid -> (parent pid, CPU seconds, resident bytes) of every process we can read.
+    CPU counts the children each has waited for too, so short-lived workers count."""
     table: dict[int, tuple[int, float, int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -50,7 +51,8 @@ def process_table() -> dict[int, tuple[int, float, int]]:
         rest = raw[raw.rfind(b")") + 2 :].split()
         try:
             ppid = int(rest[1])
-            cpu = (int(rest[11]) + int(rest[12])) / _TICK  # utime + stime
+            # utime + stime + cutime + cstime
+            cpu = (int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])) / _TICK
             rss = int(rest[21]) * _PAGE
         except (IndexError, ValueError):
             continue
@@ -66,6 +68,18 @@ def kernel_cpu(pid: int) -> float:
         return (int(rest[11]) + int(rest[12])) / _TICK  # utime + stime
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _pss(pid: int, rss: int) -> int:
+    """Proportional set size (shared pages split between their sharers), else RSS."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss
 
 
 def _descendants(root: int, kids: dict[int, list[int]]) -> list[int]:
@@ -117,13 +131,14 @@ class _Watched:
     kernel: KernelProcess
     instance_id: str
     limits: Limits
-    workdir: Path | None
+    folders: list[Path]  # a sandboxed run's working folder and share: its disk
     cell: int | None = None
     cell_limits: Limits | None = None  # a %%step cell's own memory / cpu
     cell_cpu0: float | None = None  # the kernel's CPU when the cell started
     run_cpu0: float | None = None  # the kernel's CPU when the run took it
     sample: Sample = field(init=False)
     disk_at: float = 0.0
+    most_processes: int = 0
 
     def __post_init__(self) -> None:
         self.sample = Sample(self.instance_id, self.kernel.pid)
@@ -139,10 +154,10 @@ class Watchdog:
         self._closed = False
 
     def watch(
-        self, kernel: KernelProcess, instance_id: str, limits: Limits, workdir: Path | None
+        self, kernel: KernelProcess, instance_id: str, limits: Limits, folders: list[Path]
     ) -> None:
         with self._lock:
-            self._watched[id(kernel)] = _Watched(kernel, instance_id, limits, workdir)
+            self._watched[id(kernel)] = _Watched(kernel, instance_id, limits, folders)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._loop, daemon=True, name="durabook-watchdog"
@@ -162,8 +177,20 @@ class Watchdog:
             w.cell_cpu0 = None  # taken at the next sample
 
     def unwatch(self, kernel: KernelProcess) -> None:
+        """The run is over: stop watching, and end what the kernel started and left
+        running (a worker, a server), while it is still below the kernel. Then the
+        kernel itself is closed."""
         with self._lock:
-            self._watched.pop(id(kernel), None)
+            w = self._watched.pop(id(kernel), None)
+        if w is None or w.most_processes <= 1:
+            return  # it never had more than itself: no scan needed
+        table = process_table()
+        kids: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            kids.setdefault(ppid, []).append(pid)
+        rest = _descendants(kernel.pid, kids)[1:]
+        if rest:
+            kill_tree(rest)
 
     def samples(self) -> list[Sample]:
         with self._lock:
@@ -196,22 +223,28 @@ class Watchdog:
                 continue
             pids = _descendants(w.kernel.pid, kids)
             cpu = sum(table[p][1] for p in pids if p in table)
-            rss = sum(table[p][2] for p in pids if p in table)
+            if len(pids) == 1:
+                rss = table[pids[0]][2]
+            else:  # forked workers share pages: count each page once between them
+                rss = sum(_pss(p, table[p][2]) for p in pids if p in table)
             s = w.sample
             s.cpu_s, s.rss_bytes, s.processes = cpu, rss, len(pids)
+            w.most_processes = max(w.most_processes, len(pids))
             if w.cell_cpu0 is None:
                 w.cell_cpu0 = cpu
             if w.run_cpu0 is None:
                 w.run_cpu0 = cpu
             error = self._over(w, cpu, rss, len(pids))
-            if error is None and w.workdir is not None and w.limits.disk and now >= w.disk_at:
+            if error is None and w.folders and w.limits.disk and now >= w.disk_at:
                 w.disk_at = now + DISK_EVERY
-                s.disk_bytes = _folder_bytes(w.workdir, w.limits.disk)
+                s.disk_bytes = 0
+                for folder in w.folders:
+                    s.disk_bytes += _folder_bytes(folder, w.limits.disk - s.disk_bytes)
                 if s.disk_bytes > w.limits.disk:
                     error = ErrorInfo(
                         ename="DiskLimitExceeded",
-                        evalue=f"the run's working folder passed its disk limit of "
-                        f"{format_bytes(w.limits.disk)}; the kernel was ended",
+                        evalue=f"the run's working folder and blob share passed its disk "
+                        f"limit of {format_bytes(w.limits.disk)}; the kernel was ended",
                     )
             if error is not None:
                 w.kernel.limit_error = error

@@ -38,13 +38,18 @@ class ForkedChild:
         self._pidfd = pidfd
         self._zygote = zygote
         self.returncode: int | None = None
+        self._lock = threading.Lock()
 
     def _exited(self, timeout: float) -> bool:
         if self.returncode is not None:
             return True
-        if self._pidfd < 0:
+        fd = self._pidfd
+        if fd < 0:
             return True
-        readable, _, _ = select.select([self._pidfd], [], [], timeout)
+        try:
+            readable, _, _ = select.select([fd], [], [], timeout)
+        except (OSError, ValueError):  # released meanwhile: the kernel is closed
+            readable = [fd]
         if not readable:
             return False
         # the zygote reaps it and sends the status; when it cannot, say "killed"
@@ -63,15 +68,17 @@ class ForkedChild:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None and self._pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self._pidfd, sig)
+        with self._lock:  # never a signal through a descriptor number reused meanwhile
+            if self.returncode is None and self._pidfd >= 0:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(self._pidfd, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
     def release(self) -> None:
-        fd, self._pidfd = self._pidfd, -1
+        with self._lock:
+            fd, self._pidfd = self._pidfd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -104,7 +111,8 @@ class Zygote:
         self._replies: Queue[tuple[dict[str, Any], list[int]]] = Queue()
         self._exits: dict[int, int] = {}
         self._cond = threading.Condition()
-        self._ask = threading.Lock()  # one request in flight: replies come in order
+        self._ask = threading.Lock()  # one request in flight
+        self._seq = 0  # request ids: a late reply is never taken for the next one
         self.dead = False
         self.pid = self.proc.pid
         self._reader = threading.Thread(target=self._read, name="durabook-zygote", daemon=True)
@@ -148,15 +156,26 @@ class Zygote:
         timeout: float = 10.0,
     ) -> ForkedChild:
         """Fork a kernel; ``fds`` are its lifeline, readiness pipe and log (kept ours)."""
-        request = json.dumps({"conn": conn_file, "env": env, "cwd": cwd}).encode()
         with self._ask:
             if self.dead:
                 raise KernelDied("the kernel zygote is not running")
+            self._seq += 1
+            req = self._seq
+            request = json.dumps({"conn": conn_file, "env": env, "cwd": cwd, "req": req})
+            deadline = time.monotonic() + timeout
             try:
-                socket.send_fds(self._sock, [request], list(fds))
-                msg, got = self._replies.get(timeout=timeout)
+                socket.send_fds(self._sock, [request.encode()], list(fds))
+                while True:
+                    msg, got = self._replies.get(timeout=max(deadline - time.monotonic(), 0))
+                    if msg.get("req") == req or "req" not in msg:
+                        break
+                    for fd in got:  # a reply to a request given up on: its child is gone
+                        os.close(fd)
             except (OSError, Empty) as exc:
-                raise KernelDied(f"the kernel zygote did not answer: {exc}") from None
+                # a zygote that does not answer in time is replaced, never trusted again
+                self.dead = True
+                self.proc.kill()
+                raise KernelDied(f"the kernel zygote did not answer: {exc!r}") from None
         if "pid" not in msg or not got:
             for fd in got:
                 os.close(fd)
