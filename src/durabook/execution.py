@@ -244,7 +244,8 @@ class Executor:
                     **plan.to_plan(),
                     "blobs": str(sandbox.blobs if sandbox else self.engine.blobs.root),
                     "journal": str(journal),
-                    "cwd": inst["cwd"],
+                    # a sandbox's folder is the one its kernel can see, whatever the row says
+                    "cwd": str(sandbox.workdir) if sandbox else inst["cwd"],
                     "resolutions": inst["resolutions"],
                     "stop_file": str(stop),
                     "execution_count": max(counts, default=0) + 1,
