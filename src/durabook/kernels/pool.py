@@ -265,12 +265,14 @@ class KernelProcess:
         up and our IOPub subscription is live, so no output of the run's first cell is
         lost. (jupyter_client's wait_for_ready does the same with 0.2 s sleeps.)"""
         msg_id = self.kc.kernel_info()
-        try:
-            reply = self.kc.shell_channel.get_msg(timeout=1.0)
-        except Empty:
-            return False
-        if reply["parent_header"].get("msg_id") != msg_id:
-            return False
+        end = time.monotonic() + 1.0
+        while True:  # a late reply to an earlier try is passed over, never taken for this
+            try:
+                reply = self.kc.shell_channel.get_msg(timeout=max(end - time.monotonic(), 0))
+            except Empty:
+                return False
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
         end = time.monotonic() + 0.5
         while (left := end - time.monotonic()) > 0:
             try:
