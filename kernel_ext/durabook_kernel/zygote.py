@@ -92,11 +92,36 @@ def prepare() -> int:
             loaded += 1
         except Exception:  # some modules only import as part of their parent; fine
             pass
+    _configure_app()
     import gc
 
     gc.collect()
     gc.freeze()  # keep the prepared objects out of the children's collections (COW)
     return len(sys.modules)
+
+
+_CONFIGURED = False
+
+
+def _already_configured(self: Any, argv: Any = None) -> None:
+    """In a child: the configuration the zygote did before the fork stands."""
+
+
+def _configure_app() -> None:
+    """Do the kernel application's configuration once, here: parsing its arguments and
+    reading config files (about a quarter of initialize()) start no thread and no
+    socket. Each child then runs the rest of ``IPKernelApp.initialize`` as ipykernel
+    wrote it, with only this part skipped (see ``_child``)."""
+    global _CONFIGURED
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+        from IPython.core.application import BaseIPythonApplication
+
+        app = IPKernelApp.instance()
+        BaseIPythonApplication.initialize(app, ["-f", "kernel.json", *KERNEL_ARGS])
+        _CONFIGURED = app.subapp is None
+    except Exception:  # an ipykernel this does not fit: children do it all themselves
+        _CONFIGURED = False
 
 
 def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
@@ -128,6 +153,12 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
         args = ["-f", request["conn"], *KERNEL_ARGS]
         sys.argv = [ipykernel_launcher.__file__, *args]  # what a cold kernel's code sees
         app = IPKernelApp.instance()
+        if _CONFIGURED:  # configured before the fork: skip that part, do the rest
+            from IPython.core.application import BaseIPythonApplication
+
+            skip = _already_configured
+            BaseIPythonApplication.initialize = skip  # type: ignore[method-assign,assignment]
+            app.connection_file = request["conn"]
         app.initialize(args)
         os.write(ready, b"1")
         os.close(ready)

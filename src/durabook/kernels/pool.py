@@ -245,7 +245,9 @@ class KernelProcess:
     ) -> KernelProcess:
         kc = BlockingKernelClient(connection_file=conn_file)
         kc.load_connection_file()
-        kc.start_channels()
+        # no heartbeat: the kernel is our child (or the zygote's, through a pidfd), and its
+        # liveness is its process's; a heartbeat thread per kernel only costs a join
+        kc.start_channels(hb=False)
         self = cls(proc, kc, folder, log, lifeline)
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -273,7 +275,8 @@ class KernelProcess:
                 return False
             if reply["parent_header"].get("msg_id") == msg_id:
                 break
-        end = time.monotonic() + 0.5
+        # a status published before our subscription took is lost: ask again soon
+        end = time.monotonic() + 0.1
         while (left := end - time.monotonic()) > 0:
             try:
                 msg = self.kc.iopub_channel.get_msg(timeout=left)
