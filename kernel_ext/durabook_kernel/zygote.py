@@ -157,7 +157,7 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
             from IPython.core.application import BaseIPythonApplication
 
             skip = _already_configured
-            BaseIPythonApplication.initialize = skip  # type: ignore[method-assign,assignment]
+            BaseIPythonApplication.initialize = skip  # type: ignore[method-assign]
             app.connection_file = request["conn"]
         app.initialize(args)
         os.write(ready, b"1")
