@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,7 +37,7 @@ from typing import Any
 import papermill
 from bench_common import rounded, target, write_notebook
 from jupyter_client import KernelManager
-from service import Serve, load
+from service import Serve, finish_report, load
 
 from durabook.kernels.pool import KernelPool, KernelProcess
 
@@ -383,22 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     out["ratios"] = ratios(out)
     out["targets"] = targets(out, args)
-    out["failed"] = [k for k, v in out["targets"].items() if not v["pass"]]
-    out["pass"] = not out["failed"]
-    out["options"] = {k: v for k, v in vars(args).items() if k != "json_out"}
-    out["machine"] = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": load0,
-        "loadavg_end": load(),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    return 0 if out["pass"] else 1
+    return finish_report(out, args, load0, started, ("json_out",))
 
 
 if __name__ == "__main__":

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -43,7 +41,7 @@ from typing import Any
 
 import duckdb
 from bench_common import check, target, write_notebook
-from service import Serve, idle_cpu, load, proc_status
+from service import Serve, finish_report, idle_cpu, load, proc_status
 
 import durabook
 from durabook.models import Status
@@ -577,22 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["targets"] = targets(out, args)
-    out["failed"] = [k for k, v in out["targets"].items() if not v["pass"]]
-    out["pass"] = not out["failed"]
-    out["options"] = {k: v for k, v in vars(args).items() if k != "json_out"}
-    out["machine"] = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": load0,
-        "loadavg_end": load(),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    return 0 if out["pass"] else 1
+    return finish_report(out, args, load0, started, ("json_out",))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,33 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def finish_report(
+    out: dict[str, Any],
+    args: argparse.Namespace,
+    load0: list[float],
+    started: float,
+    skip: tuple[str, ...] = ("json_out",),
+) -> int:
+    """Pass/fail from ``out["targets"]``, the options and machine, printed as JSON (and
+    written to ``--json-out``); the exit status: 0 when every target passed."""
+    out["failed"] = [k for k, v in out["targets"].items() if not v["pass"]]
+    out["pass"] = not out["failed"]
+    out["options"] = {k: v for k, v in vars(args).items() if k not in skip}
+    out["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_start": load0,
+        "loadavg_end": load(),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    text = json.dumps(out, indent=2, default=str)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    return 0 if out["pass"] else 1
+
+
 def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as fh:
         fields = fh.read().rsplit(b")", 1)[1].split()
@@ -548,22 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["targets"] = targets(out, args)
-    out["failed"] = [k for k, v in out["targets"].items() if not v["pass"]]
-    out["pass"] = not out["failed"]
-    out["options"] = {k: v for k, v in vars(args).items() if k not in ("json_out", "client")}
-    out["machine"] = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": load0,
-        "loadavg_end": load(),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    return 0 if out["pass"] else 1
+    return finish_report(out, args, load0, started, ("json_out", "client"))
 
 
 if __name__ == "__main__":

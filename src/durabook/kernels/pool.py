@@ -451,13 +451,18 @@ class KernelPool:
                 if self._idle or time.monotonic() - self.last_acquire < self.idle_s:
                     continue
                 self._idle = True
-                ready, self._ready = list(self._ready), deque()
-            for k in ready:
-                k.close()
-            with self._zygote_lock:
-                z, self._zygote = self._zygote, None
-            if z is not None:
-                z.close()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Close the ready kernels and the zygote (idle, or closing)."""
+        with self._lock:
+            ready, self._ready = list(self._ready), deque()
+        for k in ready:
+            k.close()
+        with self._zygote_lock:
+            z, self._zygote = self._zygote, None
+        if z is not None:
+            z.close()
 
     def ready(self) -> int:
         with self._lock:
@@ -488,13 +493,7 @@ class KernelPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            ready, self._ready = list(self._ready), deque()
-        for k in ready:
-            k.close()
-        with self._zygote_lock:
-            z, self._zygote = self._zygote, None
-        if z is not None:
-            z.close()
+        self._let_go()
 
 
 def close_thread_loop() -> None:
