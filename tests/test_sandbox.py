@@ -311,3 +311,22 @@ def test_junk_in_the_blob_share_is_skipped_and_the_home_stays_usable(
     code, _, err = _run(write_nb(tmp_path / "next.ipynb", ["z = 3"]))
     assert code == 0, err
     assert cli("list").returncode == 0
+
+
+@needs_bwrap
+def test_an_interpreter_under_tmp_is_seen_by_the_sandboxed_kernel(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a fresh clone's virtual environment under /tmp (as CI's) must not vanish behind
+    # the private /tmp: the import path under it is shown again, read-only
+    from durabook.kernels import sandbox
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    home.mkdir()
+    monkeypatch.setattr(sandbox.sys, "path", [*sandbox.sys.path, str(lib), str(home)])
+    found = sandbox._python_folders(sandbox._hidden_folders(home))
+    assert lib.resolve() in found
+    assert home.resolve() not in found  # the home stays hidden
+    args = sandbox.Sandbox(home, "x").command("bwrap", str(tmp_path), tmp_path / "j", None)
+    assert args.index(str(lib.resolve())) < args.index(str(home.resolve()))

@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,25 @@ def _visible_notebook_dir(folder: Path | None, hidden: list[Path]) -> Path | Non
     return folder
 
 
+def _python_folders(hidden: list[Path]) -> list[Path]:
+    """The interpreter and its import path, where the private /tmp or /dev/shm would
+    hide them (a virtual environment or an editable install under /tmp): shown again,
+    read-only. Folders inside a hidden one stay hidden; hidden ones inside these are
+    hidden again after them."""
+    temp = _temp_roots()
+    wanted = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)]
+    wanted += [p for p in sys.path if p]
+    out: list[Path] = []
+    for raw in dict.fromkeys(wanted):
+        p = Path(raw).resolve()
+        if not p.is_dir() or p in temp or not any(p.is_relative_to(t) for t in temp):
+            continue
+        if any(p.is_relative_to(h) for h in hidden):
+            continue
+        out.append(p)
+    return out
+
+
 @dataclass
 class Sandbox:
     """One sandboxed instance's folders."""
@@ -170,6 +190,8 @@ class Sandbox:
         shown = _visible_notebook_dir(notebook_dir, hidden)
         if shown is not None:  # before the hidden folders, which then cover what is in it
             args += ["--ro-bind", str(shown), str(shown)]
+        for folder in _python_folders(hidden):
+            args += ["--ro-bind", str(folder), str(folder)]
         for folder in hidden:  # empty, tiny and unwritable: nothing to find or plant
             args += ["--size", str(_EMPTY_SIZE), "--perms", "0555", "--tmpfs", str(folder)]
         for secret in _secret_files():
