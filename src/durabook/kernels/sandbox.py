@@ -14,7 +14,8 @@ it, no capabilities and no further user namespaces. The durabook home (other
 instances' folders and blobs, the DuckDB store), the engine's socket folder and
 Jupyter's runtime folder are hidden behind empty tmpfs mounts; only the run's
 working folder, its share, its journal and its kernel's connection folder are
-bound back, writable. Without bubblewrap a sandboxed run still gets its folder,
+bound back, writable; the notebook's folder and an interpreter or import path
+under /tmp are bound back read-only. Without bubblewrap a sandboxed run still gets its folder,
 share, scrubbed environment and limits; ``durabook doctor`` then says
 ``isolation: reduced (bubblewrap not found)``.
 
