@@ -38,6 +38,20 @@ KERNEL_ARGS = [
     "--IPKernelApp.log_level=ERROR",
 ]
 _MAX_REQUEST = 1 << 20
+_DRIVER_MODULES = (
+    "driver",
+    "state",
+    "serialize",
+    "restore",
+    "process",
+    "capture",
+    "journal",
+    "blobs",
+    "meter",
+    "primitives",
+    "wire",
+    "interactive",
+)
 _WAKE: tuple[int, ...] = ()  # the signal wakeup pipe: the zygote's, closed in children
 
 
@@ -82,7 +96,9 @@ def prepare() -> int:
 
     import ipykernel.kernelapp  # noqa: F401
 
-    names = _probe_modules()
+    # and what a run's driver imports at its first cell (a kernel's initialize() does
+    # not): every run would pay for these again
+    names = _probe_modules() + [f"durabook_kernel.{m}" for m in _DRIVER_MODULES]
     loaded = 0
     for name in names:
         if name in sys.modules or name.startswith("__"):
