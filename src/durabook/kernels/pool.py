@@ -12,6 +12,7 @@ one in milliseconds; with ``size=0`` a kernel is started on demand.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import select
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 PARENT_FD_ENV = "DURABOOK_PARENT_FD"
+log = logging.getLogger(__name__)
 
 # What a kernel needs to find its interpreter, libraries, locale and home: never the
 # engine's whole environment (tokens, passwords). A run adds what it declares
@@ -385,11 +387,12 @@ class KernelPool:
             if self._closed or self._idle:  # idle: a late worker starts no new zygote
                 return None
             env = kernel_environment() if self.env is None else dict(self.env)
-            log = self.log_dir / "zygote.log" if self.log_dir is not None else None
+            log_file = self.log_dir / "zygote.log" if self.log_dir is not None else None
             try:
-                self._zygote = Zygote(env, log)
-            except (KernelDied, OSError):
-                self.use_zygote = False  # say so once, in the log; cold starts still work
+                self._zygote = Zygote(env, log_file)
+            except (KernelDied, OSError) as exc:
+                log.warning("no kernel zygote (%s): kernels start cold", exc)
+                self.use_zygote = False  # said once; cold starts still work
                 return None
             return self._zygote
 
