@@ -130,6 +130,8 @@ class Notifier:
             raise ValueError(f"the default webhook must be an http(s) URL, not {default_url!r}")
         self.engine = engine
         self.default_url = default_url
+        self._some_webhook = True  # until start() has looked: no notice is skipped
+        self._seen_webhook = False
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -153,6 +155,15 @@ class Notifier:
             return self
         # listen first, then load: a row recorded in between is known by its seq
         self.engine.listeners.append(self._on_status)
+        # whether any instance names a webhook: while none does (and no default is set)
+        # a status change costs no read of its row
+        self.engine.created_hooks.append(self._on_created)
+        found = (
+            self.engine.store.cursor()
+            .execute("SELECT 1 FROM instances WHERE webhook IS NOT NULL LIMIT 1")
+            .fetchone()
+        )
+        self._some_webhook = found is not None or self._seen_webhook
         rows = (
             self.engine.store.cursor()
             .execute(
@@ -201,7 +212,14 @@ class Notifier:
         except Exception:
             log.exception("%s: webhook not queued", instance_id)
 
+    def _on_created(self, row: dict[str, Any]) -> None:
+        if row.get("webhook"):
+            self._seen_webhook = True  # before the flag: start() may be setting it now
+            self._some_webhook = True
+
     def _notice(self, instance_id: str) -> None:
+        if not self.default_url and not self._some_webhook:
+            return
         # the stored status, not the one told: a write refused (the instance was
         # terminated meanwhile) is still told to listeners
         row = self.engine.store.instance_row(instance_id)
