@@ -71,15 +71,19 @@ def kernel_cpu(pid: int) -> float:
 
 
 def _pss(pid: int, rss: int) -> int:
-    """Proportional set size (shared pages split between their sharers), else RSS."""
+    """Proportional set size (shared pages split between their sharers). A process
+    that exited since the table was read (or a zombie: no Pss line) holds nothing;
+    one we may not look into counts its whole RSS."""
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
             for line in fh:
                 if line.startswith(b"Pss:"):
                     return int(line.split()[1]) * 1024
+    except PermissionError:
+        return rss
     except (OSError, ValueError, IndexError):
-        pass
-    return rss
+        return 0
+    return 0
 
 
 def _descendants(root: int, kids: dict[int, list[int]]) -> list[int]:
