@@ -360,7 +360,6 @@ class KernelPool:
         self._zygote_lock = threading.Lock()
         self._ready: deque[KernelProcess] = deque()
         self._lock = threading.Lock()
-        self._wanted = 0  # kernels asked for and not yet started
         self._workers = 0
         self._closed = False
         self._idle = False
@@ -414,8 +413,8 @@ class KernelPool:
         with self._lock:
             if self._closed:
                 return
-            self._wanted = max(self.size - len(self._ready) - self._workers, 0)
-            spawn = min(self.refill - self._workers, self._wanted)
+            wanted = max(self.size - len(self._ready) - self._workers, 0)
+            spawn = min(self.refill - self._workers, wanted)
             self._workers += max(spawn, 0)
         for _ in range(max(spawn, 0)):
             threading.Thread(target=self._worker, daemon=True, name="durabook-pool").start()
