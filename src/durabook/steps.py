@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from durabook_kernel.primitives import parse_duration
 
 from .errors import BadInput
-from .kernels.limits import Limits, parse_bytes, resolve_limits
+from .kernels.limits import ByteSize, Limits, Seconds, resolve_limits
 
 __all__ = ["StepOptions", "cell_body", "check_step_options", "step_options"]
 
@@ -36,18 +36,13 @@ class StepOptions(BaseModel):
     max_delay: float = 3600.0
     timeout: float | None = None  # seconds; None: no limit
     name: str | None = None
-    memory: int | None = None  # bytes; None: the run's limit
-    cpu_seconds: float | None = Field(default=None, gt=0)  # this cell's CPU; None: the run's
+    memory: ByteSize = None  # bytes; None: the run's limit
+    cpu_seconds: Seconds = Field(default=None, gt=0)  # this cell's CPU; None: the run's
 
-    @field_validator("delay", "max_delay", "timeout", "cpu_seconds", mode="before")
+    @field_validator("delay", "max_delay", "timeout", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_bytes(v)
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed)."""

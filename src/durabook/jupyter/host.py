@@ -157,9 +157,12 @@ class EngineHost:
         from ..control import ControlServer
         from ..dispatcher import Limits
         from ..engine import Engine
+        from ..kernels.pool import pool_setting
         from ..serve import start
 
-        eng = Engine(self.home)
+        # a long-lived engine, as serve's: kernels kept warm (DURABOOK_POOL_SIZE, default 2;
+        # they and their zygote go after DURABOOK_POOL_IDLE seconds without a run)
+        eng = Engine(self.home, pool_size=pool_setting("DURABOOK_POOL_SIZE", 2))
         try:
             served = start(eng, Limits(concurrency=self.concurrency))
         except BaseException:

@@ -26,16 +26,18 @@ import os
 import re
 import resource
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from durabook_kernel.primitives import parse_duration
 
 from ..errors import BadInput
 
 __all__ = [
+    "ByteSize",
     "Limits",
+    "Seconds",
     "apply_rlimits",
     "check_limits",
     "format_bytes",
@@ -75,6 +77,13 @@ def format_bytes(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else f"{n}B"
 
 
+# a size ("512M", "2G", bytes) and a duration ("10m", seconds), as fields: also %%step's
+ByteSize = Annotated[int | None, BeforeValidator(lambda v: None if v is None else parse_bytes(v))]
+Seconds = Annotated[
+    float | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))
+]
+
+
 class Limits(BaseModel):
     """Limits of one kernel (or, for ``memory`` and ``cpu_seconds``, of one cell).
     None: not limited (or, in a request, "the default")."""
@@ -82,22 +91,12 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # bytes resident, children included
-    memory: int | None = Field(default=None, description="bytes of resident memory")
-    cpu_seconds: float | None = Field(default=None, gt=0, description="CPU seconds")
+    memory: ByteSize = Field(default=None, description="bytes of resident memory")
+    cpu_seconds: Seconds = Field(default=None, gt=0, description="CPU seconds")
     open_files: int | None = Field(default=None, ge=16, le=1 << 20)
     processes: int | None = Field(default=None, ge=1, le=1 << 16)
     # bytes: the largest file a kernel may write, and all a sandbox's folder may hold
-    disk: int | None = Field(default=None, description="bytes: largest file, sandbox folder")
-
-    @field_validator("memory", "disk", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_bytes(v)
-
-    @field_validator("cpu_seconds", mode="before")
-    @classmethod
-    def _seconds(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
+    disk: ByteSize = Field(default=None, description="bytes: largest file, sandbox folder")
 
     def merged(self, over: Limits | None) -> Limits:
         """These limits with ``over``'s set fields in their place."""
