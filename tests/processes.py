@@ -91,3 +91,17 @@ def pid_gone(pid: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def stop_engine(home: Path) -> None:
+    """End the engine a kernel run by hand started in the background for ``home``
+    (it would otherwise idle for ten minutes after the test, with its warm kernels)."""
+    import signal
+
+    from durabook_kernel import wire
+
+    sock = wire.connect(home)
+    if sock is not None:
+        pid = wire.call(sock, "ping")["pid"]
+        sock.close()
+        os.kill(pid, signal.SIGTERM)

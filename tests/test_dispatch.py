@@ -307,3 +307,23 @@ def test_a_followed_run_tells_each_cell_once(eng: Engine, tmp_path: Path):
     assert rec.events[0] == ("start", 3)
     assert [e for e in rec.events if e[0] == "executed"] == [("executed", i) for i in range(3)]
     assert [e for e in rec.events if e[0] == "committed"] == [("committed", i) for i in range(3)]
+
+
+def test_an_instance_queued_again_as_its_run_ends_is_taken_again(eng: Engine, tmp_path: Path):
+    # the event comes while the run that began the wait still holds its slot (sent from
+    # the WAITING notice itself, on the run's own thread): the queue must not drop it
+    nb = write_nb(tmp_path / "w.ipynb", ["import durabook\nv = durabook.wait_for_event('go')"])
+    sent: list[bool] = []
+
+    def on_status(iid: str, status: Status) -> None:
+        if status == Status.WAITING and not sent:
+            sent.append(eng.send_event(iid, "go", '"now"'))
+
+    eng.listeners.append(on_status)
+    served = _serve(eng, concurrency=1)
+    try:
+        iid = served.service.create(CreateRequest(notebook=str(nb))).id
+        _until(lambda: _status(eng, iid) == "completed", timeout=60)
+    finally:
+        served.close()
+    assert sent == [True]

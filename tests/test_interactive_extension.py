@@ -13,7 +13,8 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from durabook import Client, Status
-from durabook_kernel import wire
+
+from .processes import stop_engine
 
 
 def _reply(kc: Any, msg_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -54,11 +55,7 @@ def kernels(home: Path) -> Iterator[list[Any]]:
     for km, kc in started:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    sock = wire.connect(home)
-    if sock is not None:  # the engine the extension started in the background
-        pid = wire.call(sock, "ping")["pid"]
-        sock.close()
-        os.kill(pid, signal.SIGTERM)
+    stop_engine(home)  # the engine the extension started in the background
 
 
 def _kernel(kernels: list[Any], home: Path, *extra_arguments: str) -> Any:

@@ -20,7 +20,7 @@ from durabook.kernels.pool import KernelPool, KernelProcess, kernel_environment,
 from durabook.kernels.zygote import ForkedChild
 
 from .conftest import cli, write_nb
-from .processes import pid_gone
+from .processes import pid_gone, stop_engine
 
 
 def _run_code(k: KernelProcess, code: str) -> str:
@@ -69,6 +69,46 @@ def test_pool_hands_out_forked_kernels_once_each_and_refills(tmp_path: Path) -> 
             assert k.proc.returncode is not None  # the zygote reported its exit status
     finally:
         pool.close()
+        stop_engine(tmp_path / "home")
+
+
+def test_a_forked_kernels_prepared_shell_is_its_own(tmp_path: Path) -> None:
+    # the zygote builds the shell before the fork: each kernel still gets it wired to
+    # itself, its own environment and folder, and a namespace no other kernel shares
+    home = tmp_path / "home"  # code run by hand is checkpointed: into a home of its own
+    env = {**kernel_environment(), "DURABOOK_MARK": "k1", "DURABOOK_HOME": str(home)}
+    pool = KernelPool(2, env=env, idle_s=None)
+    try:
+        a, b = pool.acquire(), pool.acquire()
+        text = _run_code(
+            a,
+            "import os\nip = get_ipython()\nsecret = 42\n"
+            "print(ip.kernel is not None and ip.kernel.shell is ip, "
+            "os.environ.get('DURABOOK_MARK'), os.environ.get('PAGER'), "
+            "str(_dh[0]) == ip.starting_dir == os.getcwd())",
+        )
+        assert text.splitlines()[0].split() == ["True", "k1", "cat", "True"]
+        assert _run_code(b, "print('secret' in globals())").splitlines()[0] == "False"
+        # displays reach the frontend through this kernel's own sockets
+        msg_id = b.kc.execute(
+            "from IPython.display import display, HTML\ndisplay(HTML('<b>x</b>'))"
+        )
+        while True:
+            m = b.kc.get_iopub_msg(timeout=30)
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "display_data":
+                assert m["content"]["data"]["text/html"] == "<b>x</b>"
+                break
+        # nobody debugs a run's kernel over DAP: no debugpy client per kernel
+        info_id = b.kc.kernel_info()
+        reply = b.kc.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != info_id:  # the executes' replies
+            reply = b.kc.get_shell_msg(timeout=30)
+        assert "debugger" not in reply["content"]["supported_features"]
+        a.close()
+        b.close()
+    finally:
+        pool.close()
+        stop_engine(home)
 
 
 def test_a_kernel_killed_is_seen_dead_with_its_signal(tmp_path: Path) -> None:

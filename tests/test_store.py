@@ -1,4 +1,5 @@
-"""The DuckDB store: migrations, one writer per home, group commit, blobs before rows."""
+"""The DuckDB store: migrations, one writer per home, group commit (and a run's steps
+written together while one of its INSERTs is under way), blobs before rows."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from durabook.errors import EngineBusy
 from durabook.migrations import MIGRATIONS
 from durabook.models import CellStatus, StepRecord
 from durabook.store import Store
+from durabook.writer import StepStream
 
 
 def test_migrations_are_applied_once_in_order(tmp_path: Path):
@@ -87,6 +89,31 @@ def test_group_commit_batches_concurrent_writes(tmp_path: Path):
         n = eng.store.cursor().execute("SELECT count(*) FROM steps").fetchone()
         assert n == (400,)
         assert batches < 400  # several writers shared commits
+
+
+def test_a_runs_steps_written_meanwhile_go_together_in_one_insert(tmp_path: Path):
+    with Engine(tmp_path / "h") as eng:
+        sizes: list[int] = []  # the rows of each submission to the (real) writer
+        submit_steps = eng.writer.submit_steps
+        eng.writer.submit_steps = lambda rows: sizes.append(len(rows)) or submit_steps(rows)  # type: ignore[method-assign]
+        stream = StepStream(eng.writer)
+        hold = threading.Event()
+        blocker = eng.writer.submit(lambda c: hold.wait(30))  # the writer is busy
+        rows = [Store.step_row(_step(k), k, "[]", None) for k in range(5)]
+        futs = [stream.submit(r) for r in rows]  # the first goes; four wait for it
+        assert sizes == [1] and not any(f.done() for f in futs)
+        hold.set()
+        blocker.result()
+        for f in futs:
+            f.result(timeout=30)
+        assert sizes == [1, 4]  # the four as one multi-row INSERT
+        assert [s["idx"] for s in eng.store.steps("i")] == [0, 1, 2, 3, 4]
+        # a row the store refuses fails its own future, and the stream goes on
+        bad = stream.submit((None,) * len(rows[0]))
+        with pytest.raises(duckdb.Error):
+            bad.result(timeout=30)
+        stream.submit(Store.step_row(_step(5), 5, "[]", None)).result(timeout=30)
+        assert len(eng.store.steps("i")) == 6
 
 
 def test_a_failing_write_does_not_sink_its_batch(tmp_path: Path):

@@ -64,6 +64,7 @@ class Dispatcher:
         self._queues: dict[str, list[_Entry]] = {}  # tenant -> heap
         self._queued: set[str] = set()
         self._running: dict[str, _Entry] = {}
+        self._again: set[str] = set()  # queued again while running: looked at as it ends
         self._by_tenant: Counter[str] = Counter()
         self._by_workflow: Counter[str] = Counter()
         self._served: dict[str, int] = {}  # tenant -> turn it was last served
@@ -98,6 +99,14 @@ class Dispatcher:
         with self._cv:
             if instance_id in self._queued:
                 return  # taken already (a new instance, by _on_created)
+            if instance_id in self._running:
+                # queued again while its run ends (an event, an unpause), or a new one
+                # taken before this notice: the run's end reads its row (in _run)
+                self._again.add(instance_id)
+                return
+        self._take_if_queued(instance_id)
+
+    def _take_if_queued(self, instance_id: str) -> None:
         row = self.engine.store.instance_row(instance_id)
         if row is None or row["status"] != Status.QUEUED.value or row["version"] == "interactive":
             return
@@ -202,26 +211,27 @@ class Dispatcher:
     def _run(self, entry: _Entry) -> None:
         eng = self.engine
         try:
-            row = eng.store.instance_row(entry.id)
-            # paused, terminated or taken by a foreground `resume` while it was queued
-            if row is not None and row["status"] == Status.QUEUED.value:
-                eng.execute(entry.id, HubProgress(eng.hub, entry.id))
+            # not if it was paused, terminated or taken by a foreground `resume` while it
+            # was queued (execute reads its row once, as it recovers its last journal)
+            eng.execute(entry.id, HubProgress(eng.hub, entry.id), queued_only=True)
         except DurabookError as exc:
             log.info("%s: not run: %s", entry.id, exc.message)
         except Exception:
             log.exception("%s: run failed", entry.id)
         finally:
             close_thread_loop()
-            with self._cv:
+            with self._cv:  # one step with _on_status's look: no notice falls between
                 self._running.pop(entry.id, None)
                 self._by_tenant[entry.tenant] -= 1
                 self._by_workflow[entry.workflow] -= 1
+                again = entry.id in self._again
+                self._again.discard(entry.id)
                 self._cv.notify_all()
             eng.hub.publish(entry.id, {"event": "done"})
             try:
                 # queued again while it was finishing (an event, an unpause): take it again
-                if not self._stopping:
-                    self._on_status(entry.id, Status.QUEUED)
+                if again and not self._stopping:
+                    self._take_if_queued(entry.id)
             finally:
                 with self._cv:  # close() waits for this thread until here
                     self._threads.discard(threading.current_thread())

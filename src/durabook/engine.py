@@ -152,9 +152,13 @@ class Engine:
 
     # -- the collaborators' verbs, as the engine's ----------------------------------
     def execute(
-        self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
+        self,
+        instance_id: str,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+        queued_only: bool = False,
     ) -> RunResult:
-        return self.executor.execute(instance_id, progress, timeout)
+        return self.executor.execute(instance_id, progress, timeout, queued_only)
 
     def pause(self, instance_id: str) -> Status:
         return self.lifecycle.pause(instance_id)

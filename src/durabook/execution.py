@@ -35,7 +35,8 @@ from .output import build_output, write_notebook
 from .progress import CellEvent
 from .runner import CellPlan, CellResult, Runner
 from .steps import cell_body, step_options
-from .store import Store
+from .store import STEP_NAMES, Store
+from .writer import StepStream
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -120,9 +121,15 @@ class Executor:
         return self.engine.home / "run" / f"{instance_id}.pause"
 
     def execute(
-        self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
+        self,
+        instance_id: str,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+        queued_only: bool = False,
     ) -> RunResult:
         """Run an instance's uncommitted cells; ``timeout`` is seconds per cell.
+        ``queued_only``: run it only if it is queued (the dispatcher's take: it may have
+        been paused, terminated or resumed in the foreground since it was queued).
 
         In-process retries (short %%step delays) and events that arrived before a
         wait loop here; every pass claims the instance and releases it in ``finally``,
@@ -130,14 +137,14 @@ class Executor:
         """
         progress = progress or _progress()
         while True:
-            self._recover_or_refuse(instance_id)
-            inst = self.engine._instance(instance_id)
-            if Status(inst["status"]) == Status.TERMINATED:
+            inst = self._recover_or_refuse(instance_id)
+            status = Status(inst["status"])
+            if status == Status.TERMINATED or (queued_only and status != Status.QUEUED):
                 return self.engine._result(inst)  # terminated meanwhile: nothing resumes it
+            queued_only = False  # a retry here runs whatever it is now
             journal = self.engine.recovery.new_journal(instance_id)
-            self._claim(instance_id, journal.name)
+            inst = self._claim(instance_id, journal.name)
             try:
-                inst = self.engine._instance(instance_id)
                 if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
                     return self.engine._result(inst)
                 result, again = self._execute_once(inst, progress, timeout, journal)
@@ -150,14 +157,17 @@ class Executor:
                 return result
             time.sleep(again)
 
-    def _recover_or_refuse(self, instance_id: str) -> None:
-        """Copy in what the last run journaled; refuse while its kernel still lives."""
-        if not self.engine.recovery.recover_journals(instance_id).complete:
+    def _recover_or_refuse(self, instance_id: str) -> dict[str, Any]:
+        """Copy in what the last run journaled; refuse while its kernel still lives.
+        Returns the instance's row (recovery's own read of it, when it made one)."""
+        recovered = self.engine.recovery.recover_journals(instance_id)
+        if not recovered.complete:
             raise EngineBusy(
                 f"the kernel of instance {instance_id}'s last run is still alive (it holds "
                 "its journal); try again when it has exited",
                 instance=instance_id,
             )
+        return recovered.row or self.engine._instance(instance_id)
 
     def _execute_once(
         self, inst: dict[str, Any], progress: Progress, timeout: float | None, journal: Path
@@ -198,6 +208,8 @@ class Executor:
         ]
         progress.start(iid, len(code), done)
         futures: list[Future[Any]] = []
+        rows: list[tuple[Any, ...]] = []  # the step rows this run commits, in order
+        stream = StepStream(self.engine.writer)
         outcome = None
         kernel = None
         runner: Runner | None = None
@@ -236,7 +248,7 @@ class Executor:
                 if sandbox is not None:  # its checkpoints into the home's store, checked
                     sandbox.import_blobs(self.engine.blobs, imported)
                 progress.executed(CellEvent.from_result(res))
-                futures.append(self._commit_step(iid, res, attempts, progress))
+                futures.append(self._commit_step(iid, res, attempts, progress, stream, rows))
 
             outcome = runner.run(
                 todo,
@@ -259,7 +271,13 @@ class Executor:
                 # a killed attempt is an attempt: retry budgets and `status` count it
                 futures.append(
                     self._commit_interrupted(
-                        iid, outcome.interrupted, outcome.error, attempts, outcome.interrupted_rid
+                        iid,
+                        outcome.interrupted,
+                        outcome.error,
+                        attempts,
+                        outcome.interrupted_rid,
+                        stream,
+                        rows,
                     )
                 )
         except BaseException as exc:
@@ -301,27 +319,31 @@ class Executor:
                     raise full from exc
                 raise
         self.engine.recovery.done_with(journal)
+        # every step of this run is in the store now: the output needs no read of them
+        for row in rows:
+            latest[row[1]] = dict(zip(STEP_NAMES, row))
+        known = (latest, attempts)
         with self._lock:
             terminated = iid in self._terminating
         if terminated or outcome is None:
-            return self._finish(inst, nb, Status.TERMINATED, None, None), None
+            return self._finish(inst, nb, Status.TERMINATED, None, None, known), None
         if outcome.paused:
-            return self._finish(inst, nb, Status.PAUSED, None, None), None
+            return self._finish(inst, nb, Status.PAUSED, None, None, known), None
         if outcome.suspended is not None:
             status, fields = self.engine.suspensions.fields(outcome.suspended)
-            res = self._finish(inst, nb, status, None, None, **fields)
+            res = self._finish(inst, nb, status, None, None, known, **fields)
             if self.engine.suspensions.deliver_pending(iid, outcome.suspended):
                 return res, 0.0  # it had already arrived: go on at once
             return res, None
         if outcome.ok:
-            return self._finish(inst, nb, Status.COMPLETED, None, None), None
+            return self._finish(inst, nb, Status.COMPLETED, None, None, known), None
         failed = outcome.failed.index if outcome.failed else (todo[0].index if todo else None)
         error = outcome.error
         if failed is not None and error is not None and error.retry_in_s is None:
             error = self._retry_delay(failed, error, todo, attempts)
         delay = error.retry_in_s if error else None
         if delay is None:
-            return self._finish(inst, nb, Status.FAILED, failed, error), None
+            return self._finish(inst, nb, Status.FAILED, failed, error, known), None
         if delay > IN_PROCESS_RETRY_MAX:
             # a %%step retry far off: sleep durably, holding no process
             request = {
@@ -331,8 +353,8 @@ class Executor:
                 "retry_of": failed,
             }
             status, fields = self.engine.suspensions.fields(request)
-            return self._finish(inst, nb, status, failed, error, **fields), None
-        return self._finish(inst, nb, Status.QUEUED, failed, error), delay
+            return self._finish(inst, nb, status, failed, error, known, **fields), None
+        return self._finish(inst, nb, Status.QUEUED, failed, error, known), delay
 
     @staticmethod
     def _retry_delay(
@@ -345,7 +367,8 @@ class Executor:
             return error.model_copy(update={"retry_in_s": opts.delay_before(attempts[failed])})
         return error
 
-    def _claim(self, instance_id: str, journal: str) -> None:
+    def _claim(self, instance_id: str, journal: str) -> dict[str, Any]:
+        """Mark it running here; its row as claimed (not running: it was terminated)."""
         pid, start, host = self.engine._me
         with self._lock:
             if instance_id in self._active:
@@ -365,14 +388,24 @@ class Executor:
                     journal=journal,  # recovery reads this file and no other
                 )
             )
+            # read back (UPDATE ... RETURNING costs DuckDB twice an UPDATE and a read)
+            row = self.engine._instance(instance_id)
         except BaseException:
             with self._lock:
                 self._active.discard(instance_id)
             raise
-        self.engine.changed(instance_id, Status.RUNNING)
+        if Status(row["status"]) == Status.RUNNING:
+            self.engine.changed(instance_id, Status.RUNNING)
+        return row
 
     def _commit_step(
-        self, instance_id: str, res: CellResult, attempts: dict[int, int], progress: Progress
+        self,
+        instance_id: str,
+        res: CellResult,
+        attempts: dict[int, int],
+        progress: Progress,
+        stream: StepStream,
+        rows: list[tuple[Any, ...]],
     ) -> Future[Any]:
         c = res.content
         index = res.cell.index
@@ -390,7 +423,8 @@ class Executor:
             c,
             res.rid,
         )
-        fut = self.engine.writer.submit_steps([row])
+        rows.append(row)
+        fut = stream.submit(row)
         if res.ok:
 
             def done(f: Future[Any]) -> None:
@@ -407,6 +441,8 @@ class Executor:
         error: ErrorInfo,
         attempts: dict[int, int],
         rid: str | None,
+        stream: StepStream,
+        rows: list[tuple[Any, ...]],
     ) -> Future[Any]:
         attempts[cell.index] = attempts.get(cell.index, 0) + 1
         content = {"status": "error", "error": error.model_dump(), "started_at": time.time()}
@@ -420,7 +456,8 @@ class Executor:
             content,
             rid,
         )
-        return self.engine.writer.submit_steps([row])
+        rows.append(row)
+        return stream.submit(row)
 
     def _finish(
         self,
@@ -429,11 +466,14 @@ class Executor:
         status: Status,
         failed_cell: int | None,
         error: ErrorInfo | None,
+        known: tuple[dict[int, dict[str, Any]], dict[int, int]] | None = None,
         **fields: Any,
     ) -> RunResult:
+        """Record the run's end and write its output notebook. ``known``: the latest
+        step rows and attempts when the caller knows them to be the store's."""
         iid = inst["id"]
         try:
-            output = self._write_output(inst, nb, status, failed_cell)
+            output = self._write_output(inst, nb, status, failed_cell, known)
             self.engine.writer.call(
                 lambda c: Store.update_instance(
                     c,
@@ -453,9 +493,14 @@ class Executor:
         return RunResult(id=iid, status=status, failed_cell=failed_cell, output=output, error=error)
 
     def _write_output(
-        self, inst: dict[str, Any], nb: NotebookNode, status: Status, failed_cell: int | None
+        self,
+        inst: dict[str, Any],
+        nb: NotebookNode,
+        status: Status,
+        failed_cell: int | None,
+        known: tuple[dict[int, dict[str, Any]], dict[int, int]] | None = None,
     ) -> str | None:
-        latest, attempts = self.engine.store.latest_steps(inst["id"])
+        latest, attempts = known or self.engine.store.latest_steps(inst["id"])
         meta = {
             "instance_id": inst["id"],
             "version": inst["version"],

@@ -47,6 +47,7 @@ LOCK_WAIT = 3.0  # seconds to wait for a dying kernel to let go of its journal
 class Recovered(NamedTuple):
     complete: bool  # False: the run's kernel still holds its journal
     suspension: dict[str, Any] | None  # the run ended by suspending
+    row: dict[str, Any] | None = None  # the instance's row as recovery read it (None: not read)
 
 
 def _same_cell(rec: dict[str, Any], cell: Any) -> bool:
@@ -134,10 +135,10 @@ class Recovery:
                 stray.unlink(missing_ok=True)
             path = self.folder / expected if expected else None
             if path is None or not path.exists():
-                return Recovered(True, None)
+                return Recovered(True, None, inst)
             if not wait_unlocked(str(path), LOCK_WAIT):
                 log.warning("%s: its kernel still holds %s", instance_id, path)
-                return Recovered(False, None)
+                return Recovered(False, None, inst)
             share = Sandbox(self.home, instance_id)
             if share.blobs.is_dir():  # a sandboxed kernel wrote its checkpoints there
                 try:
@@ -148,7 +149,7 @@ class Recovery:
             if rows:
                 self.writer.call(lambda c: Store.insert_new_steps(c, instance_id, rows))
             self.done_with(path)
-            return Recovered(True, suspension)
+            return Recovered(True, suspension, inst)  # copying steps in left the row as it was
 
     def _rows(
         self, inst: dict[str, Any], path: Path

@@ -33,7 +33,7 @@ from .models import (
     UnserializableVar,
 )
 
-__all__ = ["Store", "utcnow"]
+__all__ = ["STEP_NAMES", "Store", "utcnow"]
 
 _LOCK_PID = re.compile(r"PID (\d+)")
 
@@ -48,6 +48,21 @@ _STEP_COLS = (
     "execution_count, outputs, outputs_blob, state, error, replay, cpu_s, peak_rss_bytes, "
     "source, rid"  # rid last: insert_new_steps reads it there
 )
+
+
+_INSTANCE_NAMES = [c.strip() for c in _INSTANCE_COLS.split(",")]
+STEP_NAMES = [c.strip() for c in _STEP_COLS.split(",")]
+
+
+def _instance_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """An ``instances`` row (its columns in ``_INSTANCE_COLS`` order), JSON decoded."""
+    out = dict(zip(_INSTANCE_NAMES, row))
+    out["parameters"] = json.loads(out["parameters"] or "{}")
+    out["error"] = json.loads(out["error"]) if out["error"] else None
+    out["suspension"] = json.loads(out["suspension"]) if out["suspension"] else None
+    out["resolutions"] = json.loads(out["resolutions"]) if out["resolutions"] else {}
+    out["options"] = json.loads(out["options"]) if out["options"] else {}
+    return out
 
 
 def utcnow() -> datetime:
@@ -65,6 +80,7 @@ class Store:
         self.path = Path(path)
         self._local = threading.local()
         self._gen = 0  # bumped by reopen(): cursors of an older connection are dropped
+        self._version_blobs: dict[str, str] = {}
         self.conn = self._connect()
         self.migrate()
 
@@ -280,16 +296,7 @@ class Store:
         row = cur.execute(
             f"SELECT {_INSTANCE_COLS} FROM instances WHERE id = ?", [instance_id]
         ).fetchone()
-        if row is None:
-            return None
-        cols = [c.strip() for c in _INSTANCE_COLS.split(",")]
-        out = dict(zip(cols, row))
-        out["parameters"] = json.loads(out["parameters"] or "{}")
-        out["error"] = json.loads(out["error"]) if out["error"] else None
-        out["suspension"] = json.loads(out["suspension"]) if out["suspension"] else None
-        out["resolutions"] = json.loads(out["resolutions"]) if out["resolutions"] else {}
-        out["options"] = json.loads(out["options"]) if out["options"] else {}
-        return out
+        return _instance_dict(row) if row is not None else None
 
     @staticmethod
     def step_rids(c: Any, instance_id: str) -> set[str]:
@@ -309,10 +316,17 @@ class Store:
         return len(fresh)
 
     def version_blob(self, vhash: str) -> str:
+        """The blob of a notebook version (a version's row never changes: kept here)."""
+        blob = self._version_blobs.get(vhash)
+        if blob is not None:
+            return blob
         row = self.cursor().execute("SELECT blob FROM versions WHERE hash = ?", [vhash]).fetchone()
         if row is None:
             raise KeyError(vhash)
-        return str(row[0])
+        if len(self._version_blobs) >= 4096:
+            self._version_blobs.clear()
+        blob = self._version_blobs[vhash] = str(row[0])
+        return blob
 
     def instances_with_status(self, *statuses: str) -> list[dict[str, Any]]:
         marks = ", ".join("?" * len(statuses))
@@ -348,7 +362,7 @@ class Store:
             "ORDER BY idx, seq",
             [instance_id],
         )
-        cols = [c.strip() for c in _STEP_COLS.split(",")]
+        cols = STEP_NAMES
         return [dict(zip(cols, r)) for r in res.fetchall()]
 
     def latest_steps(self, instance_id: str) -> tuple[dict[int, dict[str, Any]], dict[int, int]]:

@@ -19,7 +19,7 @@ import duckdb
 
 from .store import Store
 
-__all__ = ["Writer"]
+__all__ = ["StepStream", "Writer"]
 
 _STOP = object()
 
@@ -123,3 +123,49 @@ class Writer:
         self.ops += len(batch)
         for (_k, _p, fut), res in zip(batch, results):
             fut.set_result(res)
+
+
+class StepStream:
+    """One run's step rows on their way into the store, at most one INSERT in flight.
+
+    A row goes to the writer at once when none of this run's is being written; rows
+    that come meanwhile wait and go together, as one multi-row INSERT, when it is
+    done. DuckDB spends about 1.2 ms on a one-row INSERT and 1.7 ms on five rows,
+    so a run of fast cells commits in two or three statements instead of one per
+    cell, while a slow cell's row is still in the store as soon as it finishes.
+    Nothing waits longer than one commit, and the journal holds every row meanwhile.
+    """
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[tuple[Any, ...], Future[Any]]] = []
+        self._busy = False
+
+    def submit(self, row: tuple[Any, ...]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self._lock:
+            self._waiting.append((row, fut))
+            if self._busy:
+                return fut
+            self._busy = True
+        self._send()
+        return fut
+
+    def _send(self) -> None:
+        with self._lock:
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                self._busy = False
+                return
+        inner = self.writer.submit_steps([row for row, _ in batch])
+        inner.add_done_callback(lambda f: self._written(f, batch))
+
+    def _written(self, inner: Future[Any], batch: list[tuple[Any, Future[Any]]]) -> None:
+        exc = inner.exception()
+        for _, fut in batch:
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+        self._send()  # what came meanwhile (on the writer's thread: a queue put only)

@@ -30,6 +30,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
@@ -245,7 +246,9 @@ class KernelProcess:
     def _connect(
         cls, proc: Any, conn_file: str, folder: str, log: Path | None, lifeline: int, timeout: float
     ) -> KernelProcess:
-        kc = BlockingKernelClient(connection_file=conn_file)
+        # one zmq context for every kernel client of this process: a context of its own
+        # per kernel costs two native threads started and joined per run
+        kc = BlockingKernelClient(connection_file=conn_file, context=zmq.Context.instance())
         kc.load_connection_file()
         # no heartbeat: the kernel is our child (or the zygote's, through a pidfd), and its
         # liveness is its process's; a heartbeat thread per kernel only costs a join
