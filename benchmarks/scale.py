@@ -157,6 +157,13 @@ class CpuMeter:
             "cpu_bound_per_s_on_this_machine": round((os.cpu_count() or 1) * instances / total, 1)
             if total > 0
             else None,
+            # the rate the cores would allow if the engine (serve and client) cost nothing:
+            # the kernels and their zygote alone
+            "kernel_bound_per_s_on_this_machine": round(
+                (os.cpu_count() or 1) * instances / (cpu["kernels"] + cpu["zygote"]), 1
+            )
+            if cpu.get("kernels")
+            else None,
         }
 
 

@@ -71,3 +71,21 @@ def test_identical_content_is_stored_once(home: Path, tmp_path: Path):
     assert res.status == Status.COMPLETED
     sizes = [p.stat().st_size for p in _blob_files(home) if p.stat().st_size > 2_000_000]
     assert len(sizes) == 1
+
+
+def _saved_keys(home: Path, iid: str) -> list[set[str]]:
+    with Engine(home) as eng:
+        rows = eng.store.steps(iid)
+    return [set(json.loads(r["state"] or "{}").get("vars", {})) for r in rows]
+
+
+def test_the_random_generator_is_saved_only_once_a_cell_uses_it(home: Path, tmp_path: Path):
+    # a fresh kernel's generator state is no state of the run; a draw or a seed is
+    nb = write_nb(
+        tmp_path / "r.ipynb",
+        ["x = 1", "import random\nrandom.seed(7)", "y = 2", "z = random.random()"],
+    )
+    res = Client().run(nb)
+    assert res.status == Status.COMPLETED
+    saved = [("__random__" in keys) for keys in _saved_keys(home, res.id)]
+    assert saved == [False, True, False, True]

@@ -167,7 +167,7 @@ def _prepare_shell(app: Any) -> None:
             or kernel_class.class_traits()["shell_class"].default_value is not ZMQInteractiveShell
         ):
             return  # configured otherwise: the child builds what its kernel asks for
-        ZMQInteractiveShell.instance(
+        shell = ZMQInteractiveShell.instance(
             parent=app,
             profile_dir=app.profile_dir,
             user_module=None,
@@ -175,6 +175,7 @@ def _prepare_shell(app: Any) -> None:
             kernel=None,
             compiler_class=XCachingCompiler,
         )
+        shell.logger  # noqa: B018 - built at a run's first cell otherwise (an import)
         _SHELL_READY = True
     except Exception:  # a shell this does not fit: children build their own
         with contextlib.suppress(Exception):

@@ -34,8 +34,9 @@ from .notebook import source_hash
 from .output import build_output, write_notebook
 from .progress import CellEvent
 from .runner import CellPlan, CellResult, Runner
+from .sessions import INTERACTIVE
 from .steps import cell_body, step_options
-from .store import STEP_NAMES, Store
+from .store import STEP_NAMES, Store, utcnow
 from .writer import StepStream
 
 if TYPE_CHECKING:
@@ -142,12 +143,15 @@ class Executor:
             if status == Status.TERMINATED or (queued_only and status != Status.QUEUED):
                 return self.engine._result(inst)  # terminated meanwhile: nothing resumes it
             queued_only = False  # a retry here runs whatever it is now
+            # steps come only from runs, which claim first and name their journal in
+            # the row (interactive sessions aside): none yet, none to read
+            fresh = inst["journal"] is None and inst["version"] != INTERACTIVE
             journal = self.engine.recovery.new_journal(instance_id)
-            inst = self._claim(instance_id, journal.name)
+            inst = self._claim(instance_id, journal.name, inst)
             try:
                 if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
                     return self.engine._result(inst)
-                result, again = self._execute_once(inst, progress, timeout, journal)
+                result, again = self._execute_once(inst, progress, timeout, journal, fresh)
             finally:
                 with self._lock:
                     self._active.discard(instance_id)
@@ -170,16 +174,22 @@ class Executor:
         return recovered.row or self.engine._instance(instance_id)
 
     def _execute_once(
-        self, inst: dict[str, Any], progress: Progress, timeout: float | None, journal: Path
+        self,
+        inst: dict[str, Any],
+        progress: Progress,
+        timeout: float | None,
+        journal: Path,
+        fresh: bool = False,
     ) -> tuple[RunResult, float | None]:
         """One kernel's worth of a run. Returns the result, and the seconds to wait
-        before running again in this process (None: the run is over for now)."""
+        before running again in this process (None: the run is over for now).
+        ``fresh``: it never ran, so it has no steps to read."""
         iid = inst["id"]
         if timeout is None:  # the run's own (papermill's --execution-timeout)
             timeout = (inst["options"] or {}).get("cell_timeout")
         nb = self.engine.executed_notebook(inst)
         code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        latest, attempts = self.engine.store.latest_steps(iid)
+        latest, attempts = ({}, {}) if fresh else self.engine.store.latest_steps(iid)
         done = committed_prefix(code, latest)
         try:
             plan = restore_plan(code, latest, done)
@@ -367,29 +377,34 @@ class Executor:
             return error.model_copy(update={"retry_in_s": opts.delay_before(attempts[failed])})
         return error
 
-    def _claim(self, instance_id: str, journal: str) -> dict[str, Any]:
-        """Mark it running here; its row as claimed (not running: it was terminated)."""
+    def _claim(self, instance_id: str, journal: str, seen: dict[str, Any]) -> dict[str, Any]:
+        """Mark it running here; its row as claimed (not running: it was terminated).
+        ``seen``: its row as last read. When the row is still that one, the claim is
+        one UPDATE and no read (it is that row with the claim's columns)."""
         pid, start, host = self.engine._me
         with self._lock:
             if instance_id in self._active:
                 raise InvalidState(f"instance {instance_id} is already running here")
             self._active.add(instance_id)
+        fields: dict[str, Any] = {
+            "updated_at": utcnow(),
+            "status": Status.RUNNING,
+            "owner_pid": pid,
+            "owner_start": start,
+            "owner_host": host,
+            "failed_cell": None,
+            "error": None,
+            "journal": journal,  # recovery reads this file and no other
+        }
+
+        def claim(c: Any) -> dict[str, Any] | None:
+            if Store.update_if_unchanged(c, seen, **fields):
+                return {**seen, **fields, "status": Status.RUNNING.value}
+            Store.update_instance(c, instance_id, **fields)  # changed meanwhile: read it back
+            return None
+
         try:
-            self.engine.writer.call(
-                lambda c: Store.update_instance(
-                    c,
-                    instance_id,
-                    status=Status.RUNNING,
-                    owner_pid=pid,
-                    owner_start=start,
-                    owner_host=host,
-                    failed_cell=None,
-                    error=None,
-                    journal=journal,  # recovery reads this file and no other
-                )
-            )
-            # read back (UPDATE ... RETURNING costs DuckDB twice an UPDATE and a read)
-            row = self.engine._instance(instance_id)
+            row = self.engine.writer.call(claim) or self.engine._instance(instance_id)
         except BaseException:
             with self._lock:
                 self._active.discard(instance_id)

@@ -216,6 +216,20 @@ class Store:
         c.execute(f"UPDATE instances SET {sets} WHERE {where}", args)
 
     @staticmethod
+    def update_if_unchanged(c: Any, seen: dict[str, Any], **fields: Any) -> bool:
+        """``update_instance`` only if the row is still as ``seen`` (same status, same
+        ``updated_at``, which every update sets); False when it changed, or is gone.
+        ``updated_at`` is now unless ``fields`` has it."""
+        fields.setdefault("updated_at", utcnow())
+        values = [v.value if isinstance(v, Status) else v for v in fields.values()]
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        row = c.execute(
+            f"UPDATE instances SET {sets} WHERE id = ? AND status = ? AND updated_at = ?",
+            [*values, seen["id"], seen["status"], seen["updated_at"]],
+        ).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
     def requeue(c: Any, instance_id: str, **fields: Any) -> None:
         """Queue an instance again, no longer suspended (woken, or restarted)."""
         Store.update_instance(
