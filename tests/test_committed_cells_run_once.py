@@ -50,3 +50,30 @@ def test_resume_of_completed_instance_is_refused(home: Path, tmp_path: Path):
     assert res.status == Status.COMPLETED
     with pytest.raises(InvalidState, match="completed"):
         client.resume(res.id)
+
+
+def test_an_instance_from_a_store_without_journal_names_resumes_after_its_commits(
+    home: Path, tmp_path: Path
+):
+    # stores made before instances named their journal have NULL there, with steps:
+    # such an instance is not mistaken for one that never ran
+    from durabook.engine import Engine
+
+    log = tmp_path / "appends.txt"
+    flag = tmp_path / "fixed.flag"
+    nb = write_nb(
+        tmp_path / "old.ipynb",
+        [
+            f"with open({str(log)!r}, 'a') as fh:\n    fh.write('ran\\n')",
+            f"import os\nassert os.path.exists({str(flag)!r})",
+        ],
+    )
+    first = Client().run(nb)
+    assert first.failed_cell == 1
+    with Engine(home) as eng:  # as an older durabook left it
+        eng.writer.call(lambda c: c.execute("UPDATE instances SET journal = NULL"))
+        row = eng.store.instance_row(first.id)
+        assert row is not None and row["journal"] is None
+    flag.touch()
+    assert Client().resume(first.id).status == Status.COMPLETED
+    assert log.read_text() == "ran\n"

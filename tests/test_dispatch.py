@@ -3,6 +3,8 @@ events and timers wake instances at once; `durabook run` goes through the queue.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -327,3 +329,58 @@ def test_an_instance_queued_again_as_its_run_ends_is_taken_again(eng: Engine, tm
     finally:
         served.close()
     assert sent == [True]
+
+
+def test_an_instance_whose_last_kernel_still_holds_its_journal_is_taken_again(
+    eng: Engine, tmp_path: Path
+):
+    # the dispatcher took it, but recovery refused to run it while another process
+    # held its last journal (EngineBusy, before any claim): it must not be dropped
+    nb = write_nb(tmp_path / "t.ipynb", TINY)
+    iid = eng.create(nb)[0]
+    name = f"{iid}.held.jnl"
+    eng.writer.call(lambda c: Store.update_instance(c, iid, journal=name))
+    path = eng.home / "journal" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(4)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    served = _serve(eng, concurrency=1)
+    try:
+        _until(lambda: _status(eng, iid) == "completed", timeout=60)
+    finally:
+        served.close()
+        holder.kill()
+        holder.wait()
+
+
+def test_a_pause_between_recovery_and_claim_keeps_the_dispatchers_take_from_running(
+    eng: Engine, tmp_path: Path
+):
+    nb = write_nb(tmp_path / "t.ipynb", TINY)
+    iid = eng.create(nb)[0]
+    recover = eng.executor._recover_or_refuse
+
+    def recover_then_pause(instance_id: str):  # type: ignore[no-untyped-def]
+        row = recover(instance_id)  # as read: queued
+        eng.pause(instance_id)  # lands before the claim
+        return row
+
+    eng.executor._recover_or_refuse = recover_then_pause  # type: ignore[method-assign]
+    res = eng.execute(iid, queued_only=True)
+    assert res.status == Status.PAUSED
+    assert _status(eng, iid) == "paused"
+    assert eng.store.steps(iid) == []

@@ -73,19 +73,23 @@ def test_identical_content_is_stored_once(home: Path, tmp_path: Path):
     assert len(sizes) == 1
 
 
-def _saved_keys(home: Path, iid: str) -> list[set[str]]:
-    with Engine(home) as eng:
-        rows = eng.store.steps(iid)
-    return [set(json.loads(r["state"] or "{}").get("vars", {})) for r in rows]
-
-
-def test_the_random_generator_is_saved_only_once_a_cell_uses_it(home: Path, tmp_path: Path):
-    # a fresh kernel's generator state is no state of the run; a draw or a seed is
+def test_a_resumed_cell_draws_what_its_failed_attempt_drew(home: Path, tmp_path: Path):
+    # no committed cell drew or seeded: the generator's state as the run started is
+    # still saved, so the cell that failed after a draw (a random idempotency key, a
+    # sample) draws the same again when it is resumed on a fresh kernel
     nb = write_nb(
         tmp_path / "r.ipynb",
-        ["x = 1", "import random\nrandom.seed(7)", "y = 2", "z = random.random()"],
+        [
+            "x = 1",
+            "import os, random\nk = random.getrandbits(64)\n"
+            "with open('draws.txt', 'a') as fh:\n    fh.write(f'{k}\\n')\n"
+            "assert os.path.exists('go.flag')",
+        ],
     )
-    res = Client().run(nb)
-    assert res.status == Status.COMPLETED
-    saved = [("__random__" in keys) for keys in _saved_keys(home, res.id)]
-    assert saved == [False, True, False, True]
+    client = Client()
+    first = client.run(nb)
+    assert first.failed_cell == 1
+    (tmp_path / "go.flag").touch()
+    assert client.resume(first.id).status == Status.COMPLETED
+    draws = (tmp_path / "draws.txt").read_text().split()
+    assert len(draws) == 2 and draws[0] == draws[1]

@@ -152,3 +152,14 @@ def test_a_store_file_being_made_by_another_process_is_busy_not_broken(tmp_path:
     os.utime(path, (old, old))
     with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
         Store(path)
+
+
+def test_a_write_after_the_writer_closed_fails_at_once(tmp_path: Path):
+    # a run still finishing as the engine closes must get an error, not wait forever
+    eng = Engine(tmp_path / "h")
+    stream = StepStream(eng.writer)
+    eng.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        eng.writer.submit(lambda c: None).result(timeout=5)
+    with pytest.raises(RuntimeError, match="closed"):
+        stream.submit(Store.step_row(_step(0), 0, "[]", None)).result(timeout=5)

@@ -161,7 +161,6 @@ async def drive(plan_json: str) -> None:
         capture = OutputCapture(kernel, (parent.get("header") or {}).get("msg_id"))
         capture.install()
     journal = JournalWriter(plan["journal"])
-    tracker.fresh_random()  # a run's kernel runs nothing before this run
     try:
         problems = await _restore(shell, tracker, plan)
         if problems is None:

@@ -131,13 +131,6 @@ class StateTracker:
         self._pending_process: Any = None  # loaded by restore(), applied by restore_process()
         self._early_problems: list[str] = []
 
-    def fresh_random(self) -> None:
-        """The run starts on a fresh kernel: the state its random generator has now
-        (seeded afresh, then drawn from by IPython's banner tips) is no state of the
-        run. Saved once a cell draws or seeds, not before (else every run wrote one
-        blob of it at its first cell). A restore sets the marks again after this."""
-        self._gen_marks[RANDOM_KEY] = hash(random.getstate())
-
     # -- which names are state ---------------------------------------------------
     def is_state(self, name: str) -> bool:
         return bool(name) and name[0] != "_" and name not in self.hidden

@@ -210,10 +210,12 @@ class Dispatcher:
 
     def _run(self, entry: _Entry) -> None:
         eng = self.engine
+        raised = True  # until execute returns: a run that never claimed leaves it queued
         try:
             # not if it was paused, terminated or taken by a foreground `resume` while it
             # was queued (execute reads its row once, as it recovers its last journal)
             eng.execute(entry.id, HubProgress(eng.hub, entry.id), queued_only=True)
+            raised = False
         except DurabookError as exc:
             log.info("%s: not run: %s", entry.id, exc.message)
         except Exception:
@@ -224,7 +226,9 @@ class Dispatcher:
                 self._running.pop(entry.id, None)
                 self._by_tenant[entry.tenant] -= 1
                 self._by_workflow[entry.workflow] -= 1
-                again = entry.id in self._again
+                # queued again meanwhile, or perhaps never taken (recovery refused while
+                # the last run's kernel held its journal, a full disk): look at its row
+                again = entry.id in self._again or raised
                 self._again.discard(entry.id)
                 self._cv.notify_all()
             eng.hub.publish(entry.id, {"event": "done"})

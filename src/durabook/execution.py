@@ -142,14 +142,21 @@ class Executor:
             status = Status(inst["status"])
             if status == Status.TERMINATED or (queued_only and status != Status.QUEUED):
                 return self.engine._result(inst)  # terminated meanwhile: nothing resumes it
+            only = Status.QUEUED if queued_only else None
             queued_only = False  # a retry here runs whatever it is now
-            # steps come only from runs, which claim first and name their journal in
-            # the row (interactive sessions aside): none yet, none to read
-            fresh = inst["journal"] is None and inst["version"] != INTERACTIVE
+            # steps come only from runs, which claim first (an update) and name their
+            # journal in the row (interactive sessions aside); a row never updated since
+            # its insert, with no journal, has none to read (rows of stores older than
+            # the journal column have no journal, but were updated by their runs)
+            fresh = (
+                inst["journal"] is None
+                and inst["version"] != INTERACTIVE
+                and inst["created_at"] == inst["updated_at"]
+            )
             journal = self.engine.recovery.new_journal(instance_id)
-            inst = self._claim(instance_id, journal.name, inst)
+            inst = self._claim(instance_id, journal.name, inst, only)
             try:
-                if Status(inst["status"]) != Status.RUNNING:  # terminated as we claimed it
+                if Status(inst["status"]) != Status.RUNNING:  # terminated (or paused) meanwhile
                     return self.engine._result(inst)
                 result, again = self._execute_once(inst, progress, timeout, journal, fresh)
             finally:
@@ -377,10 +384,13 @@ class Executor:
             return error.model_copy(update={"retry_in_s": opts.delay_before(attempts[failed])})
         return error
 
-    def _claim(self, instance_id: str, journal: str, seen: dict[str, Any]) -> dict[str, Any]:
-        """Mark it running here; its row as claimed (not running: it was terminated).
-        ``seen``: its row as last read. When the row is still that one, the claim is
-        one UPDATE and no read (it is that row with the claim's columns)."""
+    def _claim(
+        self, instance_id: str, journal: str, seen: dict[str, Any], only: Status | None = None
+    ) -> dict[str, Any]:
+        """Mark it running here; its row as claimed (not running: terminated, or not
+        ``only`` any more). ``seen``: its row as last read. When the row is still that
+        one, the claim is one UPDATE and no read (it is that row with the claim's
+        columns)."""
         pid, start, host = self.engine._me
         with self._lock:
             if instance_id in self._active:
@@ -400,7 +410,11 @@ class Executor:
         def claim(c: Any) -> dict[str, Any] | None:
             if Store.update_if_unchanged(c, seen, **fields):
                 return {**seen, **fields, "status": Status.RUNNING.value}
-            Store.update_instance(c, instance_id, **fields)  # changed meanwhile: read it back
+            # changed meanwhile: claimed as before (never a terminated one), and read back;
+            # the dispatcher's take only while it is still queued (a pause came first)
+            now = c.execute("SELECT status FROM instances WHERE id = ?", [instance_id]).fetchone()
+            if only is None or (now is not None and now[0] == only.value):
+                Store.update_instance(c, instance_id, **fields)
             return None
 
         try:

@@ -28,32 +28,39 @@ class Writer:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._put_lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="durabook-writer", daemon=True)
         self._thread.start()
         self.batches = 0
         self.ops = 0
 
-    def submit(self, fn: Callable[[Any], Any]) -> Future[Any]:
+    def _put(self, kind: str, payload: Any) -> Future[Any]:
         fut: Future[Any] = Future()
-        self._q.put(("call", fn, fut))
+        with self._put_lock:  # nothing goes in behind the stop: it would wait forever
+            if self._closed:
+                fut.set_exception(RuntimeError("the store's writer is closed"))
+            else:
+                self._q.put((kind, payload, fut))
         return fut
+
+    def submit(self, fn: Callable[[Any], Any]) -> Future[Any]:
+        return self._put("call", fn)
 
     def submit_instance(self, row: dict[str, Any]) -> Future[Any]:
         """A new instance's row; consecutive ones share one multi-row INSERT."""
-        fut: Future[Any] = Future()
-        self._q.put(("instance", row, fut))
-        return fut
+        return self._put("instance", row)
 
     def submit_steps(self, rows: list[tuple[Any, ...]]) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self._q.put(("steps", rows, fut))
-        return fut
+        return self._put("steps", rows)
 
     def call(self, fn: Callable[[Any], Any]) -> Any:
         return self.submit(fn).result()
 
     def close(self) -> None:
-        self._q.put(_STOP)
+        with self._put_lock:
+            self._closed = True
+            self._q.put(_STOP)
         self._thread.join()
 
     def _loop(self) -> None:
