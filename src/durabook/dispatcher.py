@@ -40,6 +40,8 @@ __all__ = ["Dispatcher", "Limits"]
 
 log = logging.getLogger("durabook.dispatcher")
 
+RETRY_AFTER_ERROR = 0.5  # seconds before a run that raised before its claim is taken again
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -235,6 +237,8 @@ class Dispatcher:
             try:
                 # queued again while it was finishing (an event, an unpause): take it again
                 if again and not self._stopping:
+                    if raised:  # what failed may fail again at once (a full disk): not hot
+                        time.sleep(RETRY_AFTER_ERROR)
                     self._take_if_queued(entry.id)
             finally:
                 with self._cv:  # close() waits for this thread until here
