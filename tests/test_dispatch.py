@@ -380,7 +380,7 @@ def test_a_pause_between_recovery_and_claim_keeps_the_dispatchers_take_from_runn
         return row
 
     eng.executor._recover_or_refuse = recover_then_pause  # type: ignore[method-assign]
-    res = eng.execute(iid, queued_only=True)
+    res = eng.executor.execute(iid, queued_only=True)
     assert res.status == Status.PAUSED
     assert _status(eng, iid) == "paused"
     assert eng.store.steps(iid) == []

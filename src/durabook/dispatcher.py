@@ -216,7 +216,7 @@ class Dispatcher:
         try:
             # not if it was paused, terminated or taken by a foreground `resume` while it
             # was queued (execute reads its row once, as it recovers its last journal)
-            eng.execute(entry.id, HubProgress(eng.hub, entry.id), queued_only=True)
+            eng.executor.execute(entry.id, HubProgress(eng.hub, entry.id), queued_only=True)
             raised = False
         except DurabookError as exc:
             log.info("%s: not run: %s", entry.id, exc.message)

@@ -152,13 +152,9 @@ class Engine:
 
     # -- the collaborators' verbs, as the engine's ----------------------------------
     def execute(
-        self,
-        instance_id: str,
-        progress: Progress | None = None,
-        timeout: float | None = None,
-        queued_only: bool = False,
+        self, instance_id: str, progress: Progress | None = None, timeout: float | None = None
     ) -> RunResult:
-        return self.executor.execute(instance_id, progress, timeout, queued_only)
+        return self.executor.execute(instance_id, progress, timeout)
 
     def pause(self, instance_id: str) -> Status:
         return self.lifecycle.pause(instance_id)

@@ -408,7 +408,7 @@ class Executor:
         }
 
         def claim(c: Any) -> dict[str, Any] | None:
-            if Store.update_if_unchanged(c, seen, **fields):
+            if Store.update_instance(c, instance_id, seen, **fields):
                 return {**seen, **fields, "status": Status.RUNNING.value}
             # changed meanwhile: claimed as before (never a terminated one), and read back;
             # the dispatcher's take only while it is still queued (a pause came first)

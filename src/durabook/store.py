@@ -199,8 +199,13 @@ class Store:
             )
 
     @staticmethod
-    def update_instance(c: Any, instance_id: str, **fields: Any) -> None:
-        fields["updated_at"] = utcnow()
+    def update_instance(
+        c: Any, instance_id: str, seen: dict[str, Any] | None = None, **fields: Any
+    ) -> bool:
+        """Set ``fields`` (``updated_at``: now unless given). ``seen``: only if the row
+        is still as read there (same status, same ``updated_at``, which every update
+        sets). True when a row was written."""
+        fields.setdefault("updated_at", utcnow())
         for key in ("error", "suspension", "resolutions", "options"):
             if key in fields and fields[key] is not None and not isinstance(fields[key], str):
                 fields[key] = json.dumps(fields[key])
@@ -209,24 +214,14 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in fields)
         where = "id = ?"
         args = [*fields.values(), instance_id]
-        if "status" in fields and fields["status"] != Status.TERMINATED.value:
+        if seen is not None:
+            where += " AND status = ? AND updated_at = ?"
+            args += [seen["status"], seen["updated_at"]]
+        elif "status" in fields and fields["status"] != Status.TERMINATED.value:
             # terminated is final: no later write (a run winding down, a timer, an
             # event, a retry) may bring a terminated instance back
             where += " AND status <> 'terminated'"
-        c.execute(f"UPDATE instances SET {sets} WHERE {where}", args)
-
-    @staticmethod
-    def update_if_unchanged(c: Any, seen: dict[str, Any], **fields: Any) -> bool:
-        """``update_instance`` only if the row is still as ``seen`` (same status, same
-        ``updated_at``, which every update sets); False when it changed, or is gone.
-        ``updated_at`` is now unless ``fields`` has it."""
-        fields.setdefault("updated_at", utcnow())
-        values = [v.value if isinstance(v, Status) else v for v in fields.values()]
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        row = c.execute(
-            f"UPDATE instances SET {sets} WHERE id = ? AND status = ? AND updated_at = ?",
-            [*values, seen["id"], seen["status"], seen["updated_at"]],
-        ).fetchone()
+        row = c.execute(f"UPDATE instances SET {sets} WHERE {where}", args).fetchone()
         return bool(row and row[0])
 
     @staticmethod
