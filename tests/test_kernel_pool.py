@@ -67,6 +67,9 @@ def test_pool_hands_out_forked_kernels_once_each_and_refills(tmp_path: Path) -> 
         for k in kernels:
             k.close()
             assert k.proc.returncode is not None  # the zygote reported its exit status
+            # the engine's end: shell and IOPub only, nothing made just to be closed
+            assert k.kc._hb_channel is None and k.kc._stdin_channel is None
+            assert k.kc._control_channel is None
     finally:
         pool.close()
         stop_engine(tmp_path / "home")
@@ -109,6 +112,64 @@ def test_a_forked_kernels_prepared_shell_is_its_own(tmp_path: Path) -> None:
     finally:
         pool.close()
         stop_engine(home)
+
+
+def test_a_forked_kernel_runs_lean_and_still_answers_every_channel(tmp_path: Path) -> None:
+    # no heartbeat, control thread or debugger sockets in a run's kernel (runapp.py);
+    # control requests are served on its main loop, and a first cell that awaits (how
+    # the runner starts a run) works
+    home = tmp_path / "home"
+    env = {**kernel_environment(), "DURABOOK_HOME": str(home)}
+    pool = KernelPool(1, env=env, idle_s=None)
+    try:
+        k = pool.acquire()
+        text = _run_code(
+            k,
+            "import asyncio, threading\nawait asyncio.sleep(0)\n"
+            "print(sorted(t.name for t in threading.enumerate()))",
+        )
+        names = text.splitlines()[0]
+        assert "Heartbeat" not in names and "Control" not in names
+        assert "Shell channel" in names and "IOPub" in names
+        msg = k.kc.session.msg("kernel_info_request")
+        k.kc.control_channel.send(msg)
+        reply = k.kc.control_channel.get_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+        assert reply["content"]["status"] == "ok"
+        k.close()
+    finally:
+        pool.close()
+        stop_engine(home)
+
+
+def test_the_zygote_warms_the_cell_path_and_leaves_the_shell_as_it_was() -> None:
+    # what every child's first cell would compile (tokenize's pattern) is compiled in
+    # the zygote; the warm-up runs nothing: no count, history or name changes
+    code = textwrap.dedent(
+        """
+        import tokenize
+        from traitlets.config import Config
+        from IPython.core.interactiveshell import InteractiveShell
+        from durabook_kernel import zygote
+        c = Config()
+        c.HistoryManager.enabled = False
+        shell = InteractiveShell.instance(config=c)
+        def state():
+            return (shell.execution_count, sorted(shell.user_ns),
+                    list(shell.history_manager.input_hist_raw))
+        before = state()
+        cache = getattr(tokenize, "_compile", None)
+        if cache is not None:
+            cache.cache_clear()
+        zygote._warm_up(shell)
+        warm = cache is None or cache.cache_info().currsize > 0
+        print(warm, state() == before)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["True", "True"], out.stderr
 
 
 def test_a_kernel_killed_is_seen_dead_with_its_signal(tmp_path: Path) -> None:

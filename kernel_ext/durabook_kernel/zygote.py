@@ -130,13 +130,16 @@ def _configure_app() -> None:
     """Do the kernel application's configuration once, here: parsing its arguments and
     reading config files (about a quarter of initialize()) start no thread and no
     socket. Each child then runs the rest of ``IPKernelApp.initialize`` as ipykernel
-    wrote it, with only this part skipped (see ``_child``)."""
+    wrote it, with only this part skipped (see ``_child``), in the lean application of
+    :mod:`.runapp` where this ipykernel is the one it was written for."""
     global _CONFIGURED
     try:
         from ipykernel.kernelapp import IPKernelApp
         from IPython.core.application import BaseIPythonApplication
 
-        app = IPKernelApp.instance()
+        from .runapp import RunKernelApp, lean_supported
+
+        app = (RunKernelApp if lean_supported() else IPKernelApp).instance()
         BaseIPythonApplication.initialize(app, ["-f", "kernel.json", *KERNEL_ARGS])
         _CONFIGURED = app.subapp is None
     except Exception:  # an ipykernel this does not fit: children do it all themselves
@@ -176,11 +179,24 @@ def _prepare_shell(app: Any) -> None:
             compiler_class=XCachingCompiler,
         )
         shell.logger  # noqa: B018 - built at a run's first cell otherwise (an import)
+        _warm_up(shell)
         _SHELL_READY = True
     except Exception:  # a shell this does not fit: children build their own
         with contextlib.suppress(Exception):
             ZMQInteractiveShell.clear_instance()
         _SHELL_READY = False
+
+
+def _warm_up(shell: Any) -> None:
+    """Fill, here, the caches every child would otherwise fill at its first cell.
+
+    IPython tokenizes each cell with a regular expression that ``tokenize`` compiles at
+    its first use: about 5 ms of a child's CPU, paid by every run. Transforming and
+    compiling a cell (never running it: the namespace, history and counters stay as
+    they are) leaves that and the other lazily built parts of the path compiled."""
+    with contextlib.suppress(Exception):
+        code = shell.transform_cell("x = [1]\nfor i in x:\n    y = f'{i}'\n")
+        compile(code, "<durabook-warm-up>", "exec")
 
 
 def _settle_shell(app: Any) -> None:
@@ -259,7 +275,7 @@ def initialize(conn: str, args: list[str]) -> Any:
             init_kernel()
             _settle_shell(app)
 
-        app.init_kernel = init_kernel_with_shell
+        app.init_kernel = init_kernel_with_shell  # type: ignore[method-assign]
     app.initialize(args)
     return app
 

@@ -251,8 +251,10 @@ class KernelProcess:
         kc = BlockingKernelClient(connection_file=conn_file, context=zmq.Context.instance())
         kc.load_connection_file()
         # no heartbeat: the kernel is our child (or the zygote's, through a pidfd), and its
-        # liveness is its process's; a heartbeat thread per kernel only costs a join
-        kc.start_channels(hb=False)
+        # liveness is its process's; a heartbeat thread per kernel only costs a join. No
+        # stdin or control channel either: a run allows no input, and is interrupted with
+        # a signal (each channel is a socket made, connected and closed per run)
+        kc.start_channels(hb=False, stdin=False, control=False)
         self = cls(proc, kc, folder, log, lifeline)
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -321,7 +323,7 @@ class KernelProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         with contextlib.suppress(Exception):
-            self.kc.stop_channels()
+            _stop_channels(self.kc)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
@@ -332,6 +334,25 @@ class KernelProcess:
         if isinstance(self.proc, ForkedChild):
             self.proc.release()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stop_channels(kc: Any) -> None:
+    """Close the channels this client made. (``stop_channels`` asks every channel whether
+    it is alive, and asking makes, and connects, each one not made yet.)"""
+    names = (
+        "_shell_channel",
+        "_iopub_channel",
+        "_stdin_channel",
+        "_hb_channel",
+        "_control_channel",
+    )
+    if not all(hasattr(kc, n) for n in names):  # a jupyter_client this does not know
+        kc.stop_channels()
+        return
+    for name in names:
+        channel = getattr(kc, name)
+        if channel is not None and channel.is_alive():
+            channel.stop()
 
 
 class KernelPool:
