@@ -172,6 +172,21 @@ def test_the_zygote_warms_the_cell_path_and_leaves_the_shell_as_it_was() -> None
     assert out.stdout.split() == ["True", "True"], out.stderr
 
 
+def test_drive_by_hand_without_a_plan_says_so(tmp_path: Path) -> None:
+    # the runner sends a run's plan in its request's metadata; a bare call names it
+    home = tmp_path / "home"
+    env = {**kernel_environment(), "DURABOOK_HOME": str(home)}
+    pool = KernelPool(1, env=env, idle_s=None)
+    try:
+        k = pool.acquire()
+        with pytest.raises(AssertionError, match="durabook_plan metadata"):
+            _run_code(k, "await __import__('durabook_kernel').drive()")
+        k.close()
+    finally:
+        pool.close()
+        stop_engine(home)
+
+
 def test_a_kernel_killed_is_seen_dead_with_its_signal(tmp_path: Path) -> None:
     pool = KernelPool(1, idle_s=None)
     try:

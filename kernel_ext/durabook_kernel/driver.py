@@ -34,9 +34,10 @@ from .capture import OutputCapture
 from .journal import JournalWriter
 from .meter import CellMeter
 
-__all__ = ["OUTPUTS_INLINE_LIMIT", "STEP_MSG", "drive"]
+__all__ = ["OUTPUTS_INLINE_LIMIT", "PLAN_KEY", "STEP_MSG", "drive"]
 
 STEP_MSG = "durabook_step"
+PLAN_KEY = "durabook_plan"  # the execute_request's metadata field with the run's plan
 OUTPUTS_INLINE_LIMIT = 64 * 1024  # bytes of JSON: larger outputs go to a blob
 
 
@@ -127,13 +128,16 @@ def _outputs_field(outputs: list[dict[str, Any]], blobs: BlobStore) -> dict[str,
     return {"outputs_blob": blobs.put(text.encode())}  # fsynced before the record
 
 
-async def drive(plan_json: str) -> None:
-    """Restore state, then run cells, journaling and announcing each finished cell."""
+async def drive(plan_json: str | None = None) -> None:
+    """Restore state, then run cells, journaling and announcing each finished cell.
+
+    The plan is ``plan_json``, or else the ``durabook_plan`` metadata of the request
+    that runs this (how the runner sends it)."""
     from . import extension_for
 
     shell = _get_ipython()
     ext = extension_for(shell)
-    plan = json.loads(plan_json)
+    plan = json.loads(plan_json) if plan_json is not None else _request_plan(shell)
     tracker = ext.tracker
     blobs = BlobStore(plan["blobs"])
     tracker.blobs = blobs
@@ -284,6 +288,15 @@ async def _restore(shell: Any, tracker: Any, plan: dict[str, Any]) -> list[str] 
         },
     )
     return report.problems
+
+
+def _request_plan(shell: Any) -> dict[str, Any]:
+    kernel = getattr(shell, "kernel", None)
+    parent = kernel.get_parent("shell") if kernel is not None else None
+    plan = ((parent or {}).get("metadata") or {}).get(PLAN_KEY)
+    if not isinstance(plan, dict):
+        raise ValueError(f"drive() needs a plan: the request has no {PLAN_KEY} metadata")
+    return plan
 
 
 def _get_ipython() -> Any:

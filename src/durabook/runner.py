@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durabook_kernel import STEP_MSG
+from durabook_kernel.driver import PLAN_KEY
 from durabook_kernel.journal import JournalReader
 
 from .kernel_messages import (
@@ -143,17 +144,19 @@ class Runner:
                 for c in cells
             ],
         }
-        code = "await __import__('durabook_kernel').drive(" + repr(json.dumps(full_plan)) + ")"
+        # the plan rides in the request's metadata, not in the code: IPython tokenizes,
+        # hashes (in pure Python) and compiles a cell's code, about 1 ms for a plan's
         msg = kc.session.msg(
             "execute_request",
             {
-                "code": code,
+                "code": "await __import__('durabook_kernel').drive()",
                 "silent": True,
                 "store_history": False,
                 "user_expressions": {},
                 "allow_stdin": False,
                 "stop_on_error": True,
             },
+            metadata={PLAN_KEY: full_plan},
         )
         kc.shell_channel.send(msg)
         parent = msg["header"]["msg_id"]
