@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from durabook.engine import Engine
 from durabook.errors import BadInput, KernelDied
 from durabook.kernels.pool import KernelPool, KernelProcess, kernel_environment, pool_setting
 from durabook.kernels.zygote import ForkedChild
+from durabook_kernel.runapp import lean_supported
 
 from .conftest import cli, write_nb
 from .processes import pid_gone, stop_engine
@@ -114,10 +116,11 @@ def test_a_forked_kernels_prepared_shell_is_its_own(tmp_path: Path) -> None:
         stop_engine(home)
 
 
+@pytest.mark.skipif(not lean_supported(), reason="RunKernelApp is for ipykernel 7.4")
 def test_a_forked_kernel_runs_lean_and_still_answers_every_channel(tmp_path: Path) -> None:
-    # no heartbeat, control thread or debugger sockets in a run's kernel (runapp.py);
-    # control requests are served on its main loop, and a first cell that awaits (how
-    # the runner starts a run) works
+    # no heartbeat, control thread or debugger in a run's kernel (runapp.py); control
+    # requests are served on its main loop, and a first cell that awaits (how the
+    # runner starts a run) works
     home = tmp_path / "home"
     env = {**kernel_environment(), "DURABOOK_HOME": str(home)}
     pool = KernelPool(1, env=env, idle_s=None)
@@ -131,11 +134,22 @@ def test_a_forked_kernel_runs_lean_and_still_answers_every_channel(tmp_path: Pat
         names = text.splitlines()[0]
         assert "Heartbeat" not in names and "Control" not in names
         assert "Shell channel" in names and "IOPub" in names
-        msg = k.kc.session.msg("kernel_info_request")
-        k.kc.control_channel.send(msg)
-        reply = k.kc.control_channel.get_msg(timeout=30)
-        assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
-        assert reply["content"]["status"] == "ok"
+
+        def ask(channel: Any, kind: str) -> dict[str, Any]:
+            msg = k.kc.session.msg(kind)
+            channel.send(msg)
+            reply = channel.get_msg(timeout=30)
+            while reply["parent_header"]["msg_id"] != msg["header"]["msg_id"]:
+                reply = channel.get_msg(timeout=30)  # the reply to the execute above
+            return reply["content"]
+
+        info = ask(k.kc.control_channel, "kernel_info_request")
+        assert info["status"] == "ok" and "debugger" not in info["supported_features"]
+        ports = ask(k.kc.shell_channel, "connect_request")  # what the connection file says
+        assert ports["shell_port"] == k.kc.shell_port and ports["iopub_port"] == k.kc.iopub_port
+        # subshells need the control thread: refused at once, never left unanswered
+        refused = ask(k.kc.control_channel, "create_subshell_request")
+        assert refused["status"] == "error" and "one shell" in refused["evalue"]
         k.close()
     finally:
         pool.close()
