@@ -84,6 +84,21 @@ def test_events_are_kept_until_awaited_and_delivered_once(home: Path, tmp_path: 
     assert outputs_text(out["output"])[3] == "{'by': 'ada'} bob approved\n"
 
 
+def test_an_event_payload_reaches_the_cell_as_sent(home: Path, tmp_path: Path):
+    # a run's plan (with the payloads it resumes with) travels to the kernel as JSON
+    # text: NaN and non-ASCII survive it
+    nb = write_nb(
+        tmp_path / "odd.ipynb",
+        ["import durabook, math\ngot = durabook.wait_for_event('reading')", "print(got)"],
+    )
+    res = Client().run(nb)
+    assert res.status == Status.WAITING
+    data = '{"v": NaN, "who": "Zoë 東"}'
+    code, out = cli_json("send-event", res.id, "reading", "--data", data, "-q")
+    assert code == 0 and out["status"] == "completed", out
+    assert outputs_text(out["output"])[1] == "{'v': nan, 'who': 'Zoë 東'}\n"
+
+
 def test_an_event_sent_before_the_wait_is_not_lost(home: Path, tmp_path: Path):
     nb = write_nb(
         tmp_path / "early.ipynb",

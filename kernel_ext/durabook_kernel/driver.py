@@ -294,6 +294,8 @@ def _request_plan(shell: Any) -> dict[str, Any]:
     kernel = getattr(shell, "kernel", None)
     parent = kernel.get_parent("shell") if kernel is not None else None
     plan = ((parent or {}).get("metadata") or {}).get(PLAN_KEY)
+    if isinstance(plan, str):  # JSON text, as the runner sends it
+        plan = json.loads(plan)
     if not isinstance(plan, dict):
         raise ValueError(f"drive() needs a plan: the request has no {PLAN_KEY} metadata")
     return plan

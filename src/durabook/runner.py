@@ -145,7 +145,9 @@ class Runner:
             ],
         }
         # the plan rides in the request's metadata, not in the code: IPython tokenizes,
-        # hashes (in pure Python) and compiles a cell's code, about 1 ms for a plan's
+        # hashes (in pure Python) and compiles a cell's code, about 1 ms for a plan's.
+        # As JSON text: Session's packer would refuse NaN (an event's payload may hold
+        # one) and lone surrogates (a cell's source may)
         msg = kc.session.msg(
             "execute_request",
             {
@@ -156,7 +158,7 @@ class Runner:
                 "allow_stdin": False,
                 "stop_on_error": True,
             },
-            metadata={PLAN_KEY: full_plan},
+            metadata={PLAN_KEY: json.dumps(full_plan)},
         )
         kc.shell_channel.send(msg)
         parent = msg["header"]["msg_id"]
