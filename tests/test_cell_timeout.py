@@ -46,3 +46,18 @@ def test_a_cell_ignoring_the_interrupt_loses_its_kernel(home: Path, tmp_path: Pa
     assert res.status == Status.FAILED and res.failed_cell == 0
     assert res.error is not None and res.error.ename == "CellTimeoutError"
     assert "ignored the interrupt, so the kernel was killed" in res.error.evalue
+
+
+def test_a_timed_out_cell_that_awaits_is_interrupted_too(home: Path, tmp_path: Path):
+    # a cell waiting in the event loop (top-level await) is cancelled, not its kernel
+    nb = write_nb(
+        tmp_path / "awaits.ipynb",
+        ["x = 1", "import asyncio\nawait asyncio.sleep(60)", "print(x)"],
+    )
+    with Engine() as eng:
+        iid, _ = eng.create(nb)
+        res = eng.execute(iid, timeout=1.0)
+    assert res.status == Status.FAILED and res.failed_cell == 1
+    assert res.error is not None and res.error.ename == "CellTimeoutError", res.error
+    assert res.error.evalue == "cell 1 timed out after 1 s"
+    assert "CancelledError: interrupted (SIGINT)" in outputs_text(res.output or "")[1]

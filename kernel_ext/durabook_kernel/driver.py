@@ -152,8 +152,8 @@ async def drive(plan_json: str | None = None) -> None:
     # ipykernel turns SIGINT into a loop callback while an async request runs, which
     # cannot fire while a cell's synchronous code holds the loop: make an interrupt
     # (a timeout, or the user's) raise KeyboardInterrupt in the cell, as it does
-    # for ordinary requests
-    saved_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # for ordinary requests; a cell that awaits is cancelled where it waits
+    saved_sigint = signal.signal(signal.SIGINT, _interrupt_handler())
     ctx = primitives._RunContext(plan.get("resolutions") or {})
     primitives._context = ctx
     # a suspension is not an error to show: end the cell quietly
@@ -181,7 +181,9 @@ async def drive(plan_json: str | None = None) -> None:
             if stop_file and os.path.exists(stop_file):  # `durabook pause`: stop between cells
                 _publish(shell, {"phase": "paused", "index": cell["index"]})
                 return
-            if not await _run_one(shell, tracker, blobs, ctx, capture, journal, cell):
+            ok = await _run_one(shell, tracker, blobs, ctx, capture, journal, cell)
+            _uncancel()  # an interrupt that cancelled the cell is spent with it
+            if not ok:
                 return
     except BaseException as exc:  # KeyboardInterrupt between cells, or our own failure
         _flush()
@@ -288,6 +290,44 @@ async def _restore(shell: Any, tracker: Any, plan: dict[str, Any]) -> list[str] 
         },
     )
     return report.problems
+
+
+def _interrupt_handler() -> Any:
+    """SIGINT during a run: KeyboardInterrupt in the code that runs, or, when the main
+    thread waits in the event loop (a cell awaiting), a cancel of the run's task. A
+    KeyboardInterrupt raised there would escape the loop and end the kernel."""
+    import asyncio
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int, frame: Any) -> None:
+        if task is not None and _waiting_in_loop(frame):
+            loop.call_soon_threadsafe(task.cancel, "interrupted (SIGINT)")
+            return
+        raise KeyboardInterrupt
+
+    return handler
+
+
+def _waiting_in_loop(frame: Any) -> bool:
+    """Whether ``frame`` is the event loop's select(), called by the loop itself."""
+    names = []
+    for _ in range(3):
+        if frame is None:
+            return False
+        names.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+        frame = frame.f_back
+    return names[0][0] == "selectors.py" and ("base_events.py", "_run_once") in names[1:]
+
+
+def _uncancel() -> None:
+    import asyncio
+
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)  # Python 3.11+: cancelling() counts
+    while uncancel is not None and task is not None and task.cancelling():
+        uncancel()
 
 
 def _request_plan(shell: Any) -> dict[str, Any]:
