@@ -270,9 +270,18 @@ class KernelProcess:
         return self
 
     def _answers(self) -> bool:
-        """One kernel_info round trip, and its idle status seen on IOPub: the kernel is
-        up and our IOPub subscription is live, so no output of the run's first cell is
-        lost. (jupyter_client's wait_for_ready does the same with 0.2 s sleeps.)"""
+        """The kernel is up and our IOPub subscription is live, so no output of the run's
+        first cell is lost. ipykernel 7 greets each new IOPub subscriber
+        (``iopub_welcome``): that greeting says both at the cost of one message. Without
+        one soon, a kernel_info round trip and its idle status on IOPub say it (as
+        jupyter_client's wait_for_ready does, with 0.2 s sleeps)."""
+        try:
+            msg = self.kc.iopub_channel.get_msg(timeout=0.2)
+        except Empty:
+            pass
+        else:
+            if msg["msg_type"] == "iopub_welcome":
+                return True
         msg_id = self.kc.kernel_info()
         end = time.monotonic() + 1.0
         while True:  # a late reply to an earlier try is passed over, never taken for this
@@ -289,7 +298,7 @@ class KernelProcess:
                 msg = self.kc.iopub_channel.get_msg(timeout=left)
             except Empty:
                 return False
-            if (
+            if msg["msg_type"] == "iopub_welcome" or (
                 msg["parent_header"].get("msg_id") == msg_id
                 and msg["msg_type"] == "status"
                 and msg["content"].get("execution_state") == "idle"
