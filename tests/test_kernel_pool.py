@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,19 @@ def _run_code(k: KernelProcess, code: str) -> str:
             raise AssertionError(m["content"]["evalue"])
         elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
             return "".join(out)
+
+
+@contextlib.contextmanager
+def _pool_with_home(tmp_path: Path, size: int = 1) -> Iterator[KernelPool]:
+    """A pool whose kernels checkpoint code run by hand into a home of their own (and
+    the engine that code starts, stopped after)."""
+    home = tmp_path / "home"
+    pool = KernelPool(size, env={**kernel_environment(), "DURABOOK_HOME": str(home)}, idle_s=None)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        stop_engine(home)
 
 
 def test_pool_hands_out_forked_kernels_once_each_and_refills(tmp_path: Path) -> None:
@@ -121,10 +135,7 @@ def test_a_forked_kernel_runs_lean_and_still_answers_every_channel(tmp_path: Pat
     # no heartbeat, control thread or debugger in a run's kernel (runapp.py); control
     # requests are served on its main loop, and a first cell that awaits (how the
     # runner starts a run) works
-    home = tmp_path / "home"
-    env = {**kernel_environment(), "DURABOOK_HOME": str(home)}
-    pool = KernelPool(1, env=env, idle_s=None)
-    try:
+    with _pool_with_home(tmp_path) as pool:
         k = pool.acquire()
         text = _run_code(
             k,
@@ -151,9 +162,6 @@ def test_a_forked_kernel_runs_lean_and_still_answers_every_channel(tmp_path: Pat
         refused = ask(k.kc.control_channel, "create_subshell_request")
         assert refused["status"] == "error" and "one shell" in refused["evalue"]
         k.close()
-    finally:
-        pool.close()
-        stop_engine(home)
 
 
 def test_the_zygote_warms_the_cell_path_and_leaves_the_shell_as_it_was() -> None:
@@ -188,17 +196,11 @@ def test_the_zygote_warms_the_cell_path_and_leaves_the_shell_as_it_was() -> None
 
 def test_drive_by_hand_without_a_plan_says_so(tmp_path: Path) -> None:
     # the runner sends a run's plan in its request's metadata; a bare call names it
-    home = tmp_path / "home"
-    env = {**kernel_environment(), "DURABOOK_HOME": str(home)}
-    pool = KernelPool(1, env=env, idle_s=None)
-    try:
+    with _pool_with_home(tmp_path) as pool:
         k = pool.acquire()
         with pytest.raises(AssertionError, match="durabook_plan metadata"):
             _run_code(k, "await __import__('durabook_kernel').drive()")
         k.close()
-    finally:
-        pool.close()
-        stop_engine(home)
 
 
 def test_a_kernel_killed_is_seen_dead_with_its_signal(tmp_path: Path) -> None:
