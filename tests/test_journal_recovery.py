@@ -158,10 +158,13 @@ def test_a_journal_planted_under_an_instances_name_is_never_read(home: Path, tmp
     data = json.dumps(record).encode()
     planted = home / "journal" / f"{iid}.aaaaaaaaaaaa.jnl"
     planted.write_bytes(b"%08x %08x " % (len(data), zlib.crc32(data)) + data + b"\n")
+    neighbour = home / "journal" / f"{iid}0.bbbbbbbbbbbb.jnl"  # not this instance's name
+    neighbour.write_bytes(b"")
 
     flag.touch()
     code, res = cli_json("resume", iid, "-q")
     assert code == 0 and outputs_text(res["output"])[2] == "1 2\n"
     assert not pwned.exists() and not planted.exists()
+    assert neighbour.exists()
     st = json.loads(cli("status", iid, "--json").stdout)
     assert st["cells"][1]["attempts"] == 2  # it ran again: the forged record did not count
