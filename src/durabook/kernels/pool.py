@@ -12,6 +12,8 @@ one in milliseconds; with ``size=0`` a kernel is started on demand.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
 import logging
 import os
 import re
@@ -275,11 +277,12 @@ class KernelProcess:
         (``iopub_welcome``): that greeting says both at the cost of one message. Without
         one soon, a kernel_info round trip and its idle status on IOPub say it (as
         jupyter_client's wait_for_ready does, with 0.2 s sleeps)."""
-        try:
-            msg = self.kc.iopub_channel.get_msg(timeout=0.2)
-        except Empty:
-            pass
-        else:
+        end = time.monotonic() + (0.2 if _kernels_greet() else 0.0)
+        while (left := end - time.monotonic()) > 0:
+            try:
+                msg = self.kc.iopub_channel.get_msg(timeout=left)
+            except Empty:
+                break
             if msg["msg_type"] == "iopub_welcome":
                 return True
         msg_id = self.kc.kernel_info()
@@ -343,6 +346,16 @@ class KernelProcess:
         if isinstance(self.proc, ForkedChild):
             self.proc.release()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@functools.cache
+def _kernels_greet() -> bool:
+    """Whether kernels greet IOPub subscribers: ipykernel 7 does (``iopub_welcome``,
+    JEP 65), 6 does not. Kernels run the engine's interpreter, so its ipykernel is theirs."""
+    try:
+        return int(importlib.metadata.version("ipykernel").split(".")[0]) >= 7
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
 
 
 def _stop_channels(kc: Any) -> None:
