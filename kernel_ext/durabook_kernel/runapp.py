@@ -9,9 +9,9 @@ zygote, :class:`RunKernelApp` leaves out:
 - the control thread: the few control requests a run's kernel could get are
   served on the main loop instead (interrupts come as SIGINT);
 - the debugger (no debugpy client, no debugger sockets: nobody debugs a run's
-  kernel over DAP), and the listing of every loaded module's file that only the debugger reads: it
-  touches each module object, and in a forked process every page it touches is
-  copied (about 500 page faults);
+  kernel over DAP), and the listing of every loaded module's file that only the
+  debugger reads: it touches each module object, and in a forked process every page
+  it touches is copied (about 500 page faults, 1.3 ms);
 - writing the connection file again (the pool wrote it) and logging it.
 
 Measured with ``benchmarks/kernels.py`` (sustained section, the CPU of a kernel from
